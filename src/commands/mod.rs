@@ -1,0 +1,51 @@
+//! The command line: one subcommand per use, each a thin wiring of the pipeline's stages.
+
+mod segment;
+mod submit;
+mod worker;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::settings::LogFormat;
+
+/// Segments thrombus in CT volumes with a 3-D and a 2-D SegResNet on ONNX Runtime.
+#[derive(Debug, Parser)]
+#[command(name = "thrombseg", version, about)]
+pub struct Cli {
+    /// Log format on standard error.
+    #[arg(long, global = true, env = "THROMBSEG_LOG_FORMAT", value_enum, default_value_t = LogFormat::Plain)]
+    pub log_format: LogFormat,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Segment a local .npz volume and write the masks; prints the status envelope.
+    Segment(segment::SegmentArgs),
+    /// Consume jobs from RabbitMQ until SIGTERM or Ctrl-C.
+    Worker(worker::WorkerArgs),
+    /// Upload a volume to S3, enqueue a job for it, wait for the result and download it.
+    Submit(submit::SubmitArgs),
+}
+
+/// Runs the parsed command and returns the process exit code.
+pub fn run(cli: Cli) -> ExitCode {
+    crate::telemetry::init(cli.log_format);
+    match cli.command {
+        Command::Segment(args) => segment::run(args),
+        Command::Worker(args) => worker::run(args),
+        Command::Submit(args) => submit::run(args),
+    }
+}
+
+/// Builds the multi-threaded runtime the networked commands use.
+fn tokio_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("the tokio runtime starts")
+}

@@ -1,0 +1,235 @@
+//! The pure job: a CT volume in, the 2-D and 3-D masks (and optional explanation outputs) out.
+//!
+//! Nothing here knows about queues, URLs or metrics; callers time the stages through the
+//! [`StageTimings`] this module fills.
+
+pub mod model;
+pub mod runtime;
+pub mod sliding;
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use ndarray::{Array3, Array4, Axis, Zip};
+
+use crate::preprocess::{IntensityWindow, preprocess};
+use crate::volume::{CtVolume, ExplainArrays, MaskArchive};
+use model::{BundleError, BundleManifest, InferenceError, Network, NetworkSpec, OrtNetwork, SessionOptions};
+use sliding::sliding_window_inference;
+
+/// A loaded bundle: its manifest and one session per network.
+pub struct Segmenter {
+    manifest: BundleManifest,
+    net_3d: Box<dyn Network>,
+    net_2d: Box<dyn Network>,
+}
+
+/// Seconds spent in each compute stage of one job.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub struct StageTimings {
+    pub preprocess: f64,
+    pub infer_3d: f64,
+    pub infer_2d: f64,
+    pub postprocess: f64,
+}
+
+/// The result of segmenting one volume.
+pub struct Segmentation {
+    pub pred_2d: Array3<u8>,
+    pub pred_3d: Array3<u8>,
+    pub explain: Option<Explanation>,
+    pub timings: StageTimings,
+}
+
+/// Logits and scores kept when a job asks for an explanation.
+pub struct Explanation {
+    pub logits_2d: Array4<f32>,
+    pub logits_3d: Array4<f32>,
+    pub scores: Scores,
+}
+
+/// The two 3-D scores of the explanation.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+pub struct Scores {
+    /// Mean softmax probability of the thrombus class.
+    pub thrombus_probability: f32,
+    /// Mean over voxels of the larger of the two softmax probabilities.
+    pub confidence: f32,
+}
+
+impl Segmenter {
+    /// Loads the bundle in `dir`: reads the manifest, checks every file's hash and opens an
+    /// ONNX Runtime session per network.
+    pub fn load(dir: &Path, options: &SessionOptions) -> Result<Self, BundleError> {
+        let manifest = BundleManifest::read(dir)?;
+        manifest.verify_hashes(dir)?;
+        let net_3d = OrtNetwork::load("3d", dir, &manifest.networks.three_d, options)?;
+        let net_2d = OrtNetwork::load("2d", dir, &manifest.networks.two_d, options)?;
+        Ok(Self::with_networks(manifest, Box::new(net_3d), Box::new(net_2d)))
+    }
+
+    /// Builds a segmenter from networks created elsewhere, such as test doubles.
+    pub fn with_networks(manifest: BundleManifest, net_3d: Box<dyn Network>, net_2d: Box<dyn Network>) -> Self {
+        Self {
+            manifest,
+            net_3d,
+            net_2d,
+        }
+    }
+
+    pub fn manifest(&self) -> &BundleManifest {
+        &self.manifest
+    }
+
+    /// Segments `volume` with both networks.
+    pub fn segment(&mut self, volume: &CtVolume, explain: bool) -> Result<Segmentation, InferenceError> {
+        let mut timings = StageTimings::default();
+
+        let started = Instant::now();
+        let window =
+            IntensityWindow::from_statistics(volume.non_mdc_mean, volume.non_mdc_var, self.manifest.window_sigmas);
+        let input = preprocess(&volume.voxels, window);
+        timings.preprocess = started.elapsed().as_secs_f64();
+
+        let started = Instant::now();
+        let logits_3d = run_branch(&input, &self.manifest.networks.three_d, self.net_3d.as_mut())?;
+        timings.infer_3d = started.elapsed().as_secs_f64();
+
+        let started = Instant::now();
+        let logits_2d = run_branch(&input, &self.manifest.networks.two_d, self.net_2d.as_mut())?;
+        timings.infer_2d = started.elapsed().as_secs_f64();
+
+        let started = Instant::now();
+        let pred_3d = argmax_mask(&logits_3d);
+        let pred_2d = argmax_mask(&logits_2d);
+        let explain = explain.then(|| Explanation {
+            scores: softmax_scores(&logits_3d),
+            logits_2d,
+            logits_3d,
+        });
+        timings.postprocess = started.elapsed().as_secs_f64();
+
+        Ok(Segmentation {
+            pred_2d,
+            pred_3d,
+            explain,
+            timings,
+        })
+    }
+}
+
+impl Segmentation {
+    /// The arrays to write into the output archive.
+    pub fn archive(&self) -> MaskArchive<'_> {
+        MaskArchive {
+            pred_2d: &self.pred_2d,
+            pred_3d: &self.pred_3d,
+            explain: self.explain.as_ref().map(|explain| ExplainArrays {
+                logits_2d: &explain.logits_2d,
+                logits_3d: &explain.logits_3d,
+                thrombus_probability: explain.scores.thrombus_probability,
+                confidence: explain.scores.confidence,
+            }),
+        }
+    }
+}
+
+fn run_branch(
+    input: &Array3<f32>,
+    spec: &NetworkSpec,
+    network: &mut dyn Network,
+) -> Result<Array4<f32>, InferenceError> {
+    sliding_window_inference(input.view(), spec.roi_3d(), spec.overlap, spec.batch_size, |windows| {
+        network.run(windows)
+    })
+}
+
+/// Takes the argmax over the two channels of (2, H, W, D) logits; a tie is background, as
+/// `torch.argmax` returns the first maximum.
+pub fn argmax_mask(logits: &Array4<f32>) -> Array3<u8> {
+    let background = logits.index_axis(Axis(0), 0);
+    let thrombus = logits.index_axis(Axis(0), 1);
+    Zip::from(&background)
+        .and(&thrombus)
+        .map_collect(|&b, &t| u8::from(t > b))
+}
+
+/// Computes the mean thrombus probability and the mean confidence from two-channel logits.
+///
+/// With two classes the softmax of the thrombus class is the logistic function of the logit
+/// difference, and the larger probability is that of the class with the larger logit.
+pub fn softmax_scores(logits: &Array4<f32>) -> Scores {
+    let background = logits.index_axis(Axis(0), 0);
+    let thrombus = logits.index_axis(Axis(0), 1);
+    let mut probability_sum = 0f64;
+    let mut confidence_sum = 0f64;
+    Zip::from(&background).and(&thrombus).for_each(|&b, &t| {
+        let p = 1.0 / (1.0 + (f64::from(b) - f64::from(t)).exp());
+        probability_sum += p;
+        confidence_sum += p.max(1.0 - p);
+    });
+    let count = background.len() as f64;
+    Scores {
+        thrombus_probability: (probability_sum / count) as f32,
+        confidence: (confidence_sum / count) as f32,
+    }
+}
+
+/// Folder, relative to the repository root, of the bundle committed with the source.
+pub const DEFAULT_BUNDLE_DIR: &str = "fixtures/models";
+
+/// Resolves the bundle folder: `flag` when given, else the committed bundle found from the
+/// working directory or the executable's folder upwards.
+pub fn locate_bundle(flag: Option<&Path>) -> Result<PathBuf, BundleError> {
+    if let Some(dir) = flag {
+        return Ok(dir.to_path_buf());
+    }
+    runtime::search_upwards(DEFAULT_BUNDLE_DIR)
+        .into_iter()
+        .find(|dir| dir.join(model::MANIFEST).is_file())
+        .ok_or_else(|| {
+            BundleError::Invalid(format!(
+                "no bundle given and no {DEFAULT_BUNDLE_DIR}/{} found in the working directory or beside the executable; pass --bundle DIR or set THROMBSEG_BUNDLE",
+                model::MANIFEST
+            ))
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use ndarray::Array4;
+
+    use super::*;
+
+    #[test]
+    fn argmax_tie_is_background() {
+        let logits = Array4::from_shape_vec((2, 1, 1, 3), vec![0.0, 1.0, 2.0, 0.0, 2.0, 1.0]).unwrap();
+
+        let mask = argmax_mask(&logits);
+
+        assert_eq!(mask.as_slice().unwrap(), &[0, 1, 0]);
+    }
+
+    #[test]
+    fn scores_of_equal_logits_are_one_half() {
+        let logits = Array4::<f32>::zeros((2, 2, 2, 2));
+
+        let scores = softmax_scores(&logits);
+
+        assert_eq!(scores.thrombus_probability, 0.5);
+        assert_eq!(scores.confidence, 0.5);
+    }
+
+    #[test]
+    fn scores_match_softmax() {
+        let logits = Array4::from_shape_vec((2, 1, 1, 2), vec![0.0, 3.0, 2.0, 1.0]).unwrap();
+        let softmax_fg = |b: f64, t: f64| t.exp() / (b.exp() + t.exp());
+        let p0 = softmax_fg(0.0, 2.0);
+        let p1 = softmax_fg(3.0, 1.0);
+
+        let scores = softmax_scores(&logits);
+
+        assert!((f64::from(scores.thrombus_probability) - (p0 + p1) / 2.0).abs() < 1e-6);
+        assert!((f64::from(scores.confidence) - (p0.max(1.0 - p0) + p1.max(1.0 - p1)) / 2.0).abs() < 1e-6);
+    }
+}

@@ -1,0 +1,166 @@
+//! Settings shared by the commands, from flags and `THROMBSEG_*` environment variables.
+//!
+//! Each struct groups what one part of the pipeline needs, so functions receive only their part.
+//! Types that hold credentials print them redacted.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::segmentation::model::SessionOptions;
+use crate::segmentation::runtime::{self, RuntimeError};
+use crate::transfer::{TransferSettings, UploadMethod};
+use crate::volume::ReadLimits;
+
+/// Where the model and ONNX Runtime come from, and how much input a job may bring.
+#[derive(Clone, Debug, clap::Args)]
+pub struct ModelArgs {
+    /// Model bundle folder (bundle.json, ONNX files); defaults to the bundle in fixtures/models.
+    #[arg(long, env = "THROMBSEG_BUNDLE")]
+    pub bundle: Option<PathBuf>,
+
+    /// Path of libonnxruntime.so; defaults to ORT_DYLIB_PATH, then .onnxruntime/.
+    #[arg(long)]
+    pub onnxruntime: Option<PathBuf>,
+
+    /// Threads ONNX Runtime uses inside one operator; 0 lets it use one per core.
+    #[arg(long, env = "THROMBSEG_INTRA_THREADS", default_value_t = 0)]
+    pub intra_threads: usize,
+
+    /// Largest volume accepted, in voxels.
+    #[arg(long, env = "THROMBSEG_MAX_VOXELS", default_value_t = ReadLimits::default().max_voxels)]
+    pub max_voxels: u64,
+}
+
+impl ModelArgs {
+    /// Resolves the ONNX Runtime library and returns the session options.
+    pub fn session_options(&self) -> Result<SessionOptions, RuntimeError> {
+        Ok(SessionOptions {
+            library: runtime::locate_library(self.onnxruntime.as_deref())?,
+            intra_threads: self.intra_threads,
+        })
+    }
+
+    pub fn read_limits(&self) -> ReadLimits {
+        ReadLimits {
+            max_voxels: self.max_voxels,
+        }
+    }
+}
+
+/// HTTP transfer limits for pre-signed URLs.
+#[derive(Clone, Debug, clap::Args)]
+pub struct TransferArgs {
+    /// Largest input download accepted, in bytes.
+    #[arg(long, env = "THROMBSEG_MAX_DOWNLOAD_BYTES", default_value_t = TransferSettings::default().max_download_bytes)]
+    pub max_download_bytes: u64,
+
+    /// Seconds allowed to open a connection to storage.
+    #[arg(long, env = "THROMBSEG_CONNECT_TIMEOUT_SECONDS", default_value_t = 10)]
+    pub connect_timeout_seconds: u64,
+
+    /// Seconds allowed for one whole download or upload.
+    #[arg(long, env = "THROMBSEG_REQUEST_TIMEOUT_SECONDS", default_value_t = 300)]
+    pub request_timeout_seconds: u64,
+
+    /// HTTP method for uploads: `put` for S3 pre-signed URLs, `post` for endpoints that take a
+    /// raw body.
+    #[arg(long, env = "THROMBSEG_UPLOAD_METHOD", value_enum, default_value_t = UploadMethod::Put)]
+    pub upload_method: UploadMethod,
+}
+
+impl TransferArgs {
+    pub fn settings(&self) -> TransferSettings {
+        TransferSettings {
+            max_download_bytes: self.max_download_bytes,
+            connect_timeout: Duration::from_secs(self.connect_timeout_seconds),
+            request_timeout: Duration::from_secs(self.request_timeout_seconds),
+            upload_method: self.upload_method,
+        }
+    }
+}
+
+/// An AMQP URL, which may carry a password; `Debug` and `Display` hide the credentials.
+#[derive(Clone)]
+pub struct AmqpUrl(pub String);
+
+impl AmqpUrl {
+    pub fn redacted(&self) -> String {
+        match url::Url::parse(&self.0) {
+            Ok(mut parsed) => {
+                if parsed.password().is_some() {
+                    let _ = parsed.set_password(Some("***"));
+                }
+                parsed.to_string()
+            }
+            Err(_) => "<invalid AMQP URL>".to_owned(),
+        }
+    }
+}
+
+impl std::fmt::Debug for AmqpUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+impl std::str::FromStr for AmqpUrl {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let parsed = url::Url::parse(text).map_err(|e| format!("invalid AMQP URL: {e}"))?;
+        if !matches!(parsed.scheme(), "amqp" | "amqps") {
+            return Err(format!(
+                "AMQP URL scheme must be amqp or amqps, got {}",
+                parsed.scheme()
+            ));
+        }
+        Ok(Self(text.to_owned()))
+    }
+}
+
+/// Broker connection settings.
+#[derive(Clone, Debug, clap::Args)]
+pub struct BrokerArgs {
+    /// AMQP URL of RabbitMQ, credentials included.
+    #[arg(
+        long,
+        env = "THROMBSEG_AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
+        hide_env_values = true
+    )]
+    pub amqp_url: AmqpUrl,
+
+    #[command(flatten)]
+    pub topology: crate::queue::Topology,
+}
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Plain,
+    /// One JSON object per line.
+    Json,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn amqp_url_debug_hides_password() {
+        let url: AmqpUrl = "amqp://user:s3cret@rabbit:5672/%2f".parse().unwrap();
+
+        let printed = format!("{url:?}");
+
+        assert!(!printed.contains("s3cret"), "{printed}");
+        assert!(printed.contains("rabbit:5672"), "{printed}");
+    }
+
+    #[test]
+    fn amqp_url_rejects_other_schemes() {
+        let error = "http://rabbit:5672".parse::<AmqpUrl>().unwrap_err();
+
+        assert!(error.contains("amqp"), "{error}");
+    }
+}

@@ -1,0 +1,165 @@
+//! `thrombseg segment` as a user runs it: exit codes, the envelope line and the output file.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use ndarray::Array3;
+
+use crate::support::archives::{member_names, read_member, valid_npz};
+use crate::support::{binary, fixture, onnxruntime_library, temp_dir};
+
+fn segment(input: &Path, output: &Path, extra: &[&str]) -> Output {
+    Command::new(binary())
+        .arg("segment")
+        .arg(input)
+        .arg(output)
+        .args(extra)
+        .env("ORT_DYLIB_PATH", onnxruntime_library())
+        .output()
+        .expect("thrombseg runs")
+}
+
+fn envelope(output: &Output) -> serde_json::Value {
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let line = stdout.lines().last().unwrap_or_else(|| {
+        panic!(
+            "no envelope on stdout; stderr: {}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+    });
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("stdout is not one JSON line ({e}): {stdout}"))
+}
+
+#[test]
+fn segment_example_writes_masks() {
+    let dir = temp_dir();
+    let output_path = dir.path().join("masks.npz");
+
+    let output = segment(&fixture("input_file_example.npz"), &output_path, &[]);
+
+    assert!(
+        output.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let envelope = envelope(&output);
+    assert_eq!(envelope["status"], "OK");
+    assert_eq!(envelope["bundle"]["name"], "thrombseg-segresnet");
+    assert!(envelope["stages"]["infer_3d"].as_f64().unwrap() > 0.0);
+    assert!(
+        envelope.get("thrombus_probability").is_none(),
+        "scores only with --explain"
+    );
+
+    let bytes = std::fs::read(&output_path).unwrap();
+    assert_eq!(member_names(&bytes), vec!["pred_2d", "pred_3d"]);
+    for mask in ["pred_2d", "pred_3d"] {
+        let mask = read_member::<u8>(&bytes, mask);
+        assert_eq!(mask.shape(), &[60, 60, 61]);
+        assert!(mask.iter().all(|&v| v <= 1));
+    }
+}
+
+#[test]
+fn segment_explain_adds_logits_and_scores() {
+    let dir = temp_dir();
+    let output_path = dir.path().join("explained.npz");
+
+    let output = segment(&fixture("golden/small.input.npz"), &output_path, &["--explain"]);
+
+    assert!(
+        output.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let envelope = envelope(&output);
+    let probability = envelope["thrombus_probability"].as_f64().unwrap();
+    let confidence = envelope["confidence"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&probability), "{probability}");
+    assert!((0.5..=1.0).contains(&confidence), "{confidence}");
+
+    let bytes = std::fs::read(&output_path).unwrap();
+    assert_eq!(
+        member_names(&bytes),
+        vec![
+            "confidence",
+            "logits_2d",
+            "logits_3d",
+            "pred_2d",
+            "pred_3d",
+            "thrombus_probability"
+        ]
+    );
+    assert_eq!(read_member::<f32>(&bytes, "logits_3d").shape(), &[2, 40, 36, 20]);
+    let stored = read_member::<f32>(&bytes, "confidence").sum();
+    assert!((f64::from(stored) - confidence).abs() < 1e-6);
+}
+
+#[test]
+fn segment_bad_input_exits_2_without_output() {
+    let dir = temp_dir();
+    let input = dir.path().join("flat.npz");
+    std::fs::write(&input, valid_npz(&Array3::<i16>::zeros((4, 4, 4)), 250.0, -1.0)).unwrap();
+    let output_path = dir.path().join("never.npz");
+
+    let output = segment(&input, &output_path, &[]);
+
+    assert_eq!(output.status.code(), Some(2));
+    let envelope = envelope(&output);
+    assert_eq!(envelope["status"], "ERROR");
+    assert_eq!(envelope["error"]["kind"], "bad_input");
+    assert!(envelope["error"]["message"].as_str().unwrap().contains("non_mdc_var"));
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        leftovers,
+        vec![std::ffi::OsString::from("flat.npz")],
+        "no output, not even a partial file"
+    );
+}
+
+#[test]
+fn segment_without_onnxruntime_says_how_to_get_it() {
+    let dir = temp_dir();
+
+    let output = Command::new(binary())
+        .arg("segment")
+        .arg(fixture("input_file_example.npz"))
+        .arg(dir.path().join("out.npz"))
+        .arg("--onnxruntime")
+        .arg(dir.path().join("missing/libonnxruntime.so"))
+        .output()
+        .unwrap();
+
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--onnxruntime"), "{stderr}");
+    assert!(stderr.contains("does not exist"), "{stderr}");
+}
+
+#[test]
+fn segment_with_tampered_bundle_fails_hash_check() {
+    let dir = temp_dir();
+    let bundle = dir.path().join("bundle");
+    std::fs::create_dir(&bundle).unwrap();
+    for entry in std::fs::read_dir(fixture("models")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), bundle.join(entry.file_name())).unwrap();
+    }
+    let mut onnx = std::fs::read(bundle.join("model_2d.onnx")).unwrap();
+    let last = onnx.len() - 1;
+    onnx[last] ^= 1;
+    std::fs::write(bundle.join("model_2d.onnx"), onnx).unwrap();
+
+    let output = segment(
+        &fixture("input_file_example.npz"),
+        &dir.path().join("out.npz"),
+        &["--bundle", bundle.to_str().unwrap()],
+    );
+
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("model_2d.onnx has SHA-256"), "{stderr}");
+}

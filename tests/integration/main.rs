@@ -1,0 +1,8 @@
+//! Integration tests: one binary, a module per area. They run the real ONNX models, the local
+//! RabbitMQ and a SeaweedFS server that the tests start on loopback.
+
+mod bad_input;
+mod cli;
+mod golden;
+mod support;
+mod worker;

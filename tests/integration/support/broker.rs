@@ -1,0 +1,207 @@
+//! The local RabbitMQ broker, per-test topologies and `thrombseg worker` processes.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicConsumeOptions, BasicPublishOptions, ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+
+pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+/// Queue and exchange names used by one test only.
+#[derive(Clone, Debug)]
+pub struct TestTopology {
+    pub job_queue: String,
+    pub status_exchange: String,
+    pub status_queue: String,
+    pub dead_letter_exchange: String,
+    pub dead_letter_queue: String,
+}
+
+impl TestTopology {
+    pub fn unique() -> Self {
+        let base = super::unique_name("thrombseg-test");
+        Self {
+            job_queue: format!("{base}.jobs"),
+            status_exchange: format!("{base}.status"),
+            status_queue: format!("{base}.status"),
+            dead_letter_exchange: format!("{base}.dead"),
+            dead_letter_queue: format!("{base}.jobs.dead"),
+        }
+    }
+
+    /// The `THROMBSEG_*` variables that point a worker or `submit` at this topology.
+    pub fn environment(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("THROMBSEG_AMQP_URL", AMQP_URL.to_owned()),
+            ("THROMBSEG_JOB_QUEUE", self.job_queue.clone()),
+            ("THROMBSEG_STATUS_EXCHANGE", self.status_exchange.clone()),
+            ("THROMBSEG_STATUS_QUEUE", self.status_queue.clone()),
+            ("THROMBSEG_DEAD_LETTER_EXCHANGE", self.dead_letter_exchange.clone()),
+            ("THROMBSEG_DEAD_LETTER_QUEUE", self.dead_letter_queue.clone()),
+        ]
+    }
+
+    /// Deletes every queue and exchange of the topology.
+    pub async fn delete(&self, channel: &Channel) {
+        for queue in [&self.job_queue, &self.status_queue, &self.dead_letter_queue] {
+            let _ = channel
+                .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                .await;
+        }
+        for exchange in [&self.status_exchange, &self.dead_letter_exchange] {
+            let _ = channel
+                .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
+                .await;
+        }
+    }
+}
+
+pub async fn connect() -> Connection {
+    Connection::connect(AMQP_URL, ConnectionProperties::default())
+        .await
+        .expect("RabbitMQ listens on 127.0.0.1:5672 (start it with `rabbitmq-server -detached`)")
+}
+
+/// Publishes a raw job body to the job queue through the default exchange.
+pub async fn publish_job(channel: &Channel, topology: &TestTopology, body: &[u8], properties: BasicProperties) {
+    channel
+        .basic_publish(
+            "".into(),
+            topology.job_queue.as_str().into(),
+            BasicPublishOptions::default(),
+            body,
+            properties.with_delivery_mode(2),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+}
+
+/// Reads messages from `queue` until `count` have arrived or `timeout` passes.
+pub async fn collect_messages(
+    channel: &Channel,
+    queue: &str,
+    count: usize,
+    timeout: Duration,
+) -> Vec<lapin::message::Delivery> {
+    let mut consumer = channel
+        .basic_consume(
+            queue.into(),
+            "".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..BasicConsumeOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let mut messages = Vec::new();
+    let deadline = Instant::now() + timeout;
+    while messages.len() < count {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(remaining, consumer.next()).await {
+            Ok(Some(Ok(delivery))) => messages.push(delivery),
+            _ => break,
+        }
+    }
+    messages
+}
+
+/// Messages ready in `queue`, read by a passive declare.
+pub async fn ready_count(channel: &Channel, queue: &str) -> u32 {
+    channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap()
+        .message_count()
+}
+
+/// A `thrombseg worker` child process; killed when dropped.
+pub struct WorkerProcess {
+    child: Child,
+    logs: Arc<Mutex<Vec<String>>>,
+}
+
+impl WorkerProcess {
+    /// Starts a worker on `topology` and waits until it consumes.
+    pub fn start(topology: &TestTopology, extra_env: &[(&str, String)]) -> Self {
+        let mut command = Command::new(super::binary());
+        command
+            .arg("worker")
+            .envs(topology.environment())
+            .envs(extra_env.iter().map(|(k, v)| (*k, v.as_str())))
+            .env("ORT_DYLIB_PATH", super::onnxruntime_library())
+            .env("THROMBSEG_INTRA_THREADS", "2")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = command.spawn().expect("the worker starts");
+
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().unwrap();
+        let sink = Arc::clone(&logs);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+
+        let worker = Self { child, logs };
+        worker.wait_for_log("consuming jobs", Duration::from_secs(120));
+        worker
+    }
+
+    /// Waits until a log line contains `needle`; panics with the logs after `timeout`.
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.logs.lock().unwrap().iter().any(|line| line.contains(needle)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("worker never logged {needle:?}; logs:\n{}", self.logs());
+    }
+
+    pub fn logs(&self) -> String {
+        self.logs.lock().unwrap().join("\n")
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "worker did not stop within 60 s of SIGTERM");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

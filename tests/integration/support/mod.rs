@@ -1,0 +1,82 @@
+//! Shared helpers: paths, the ONNX Runtime library, temporary folders, unique names, the
+//! broker and a SeaweedFS server on loopback, and archive builders.
+
+pub mod archives;
+pub mod broker;
+pub mod seaweedfs;
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use ndarray::ArrayD;
+use thrombseg::segmentation::Segmenter;
+use thrombseg::segmentation::model::SessionOptions;
+use thrombseg::segmentation::runtime;
+
+/// Largest fraction of voxels allowed to differ in each mask against MONAI's.
+pub const MASK_TOLERANCE: f64 = 1e-4;
+/// Largest absolute logit difference allowed against MONAI's.
+pub const LOGIT_TOLERANCE: f32 = 1e-3;
+
+/// The repository root.
+pub fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn fixture(relative: &str) -> PathBuf {
+    repo().join("fixtures").join(relative)
+}
+
+/// The `thrombseg` binary built for this test run.
+pub fn binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_thrombseg"))
+}
+
+/// The ONNX Runtime library that `scripts/fetch-onnxruntime` installed.
+pub fn onnxruntime_library() -> PathBuf {
+    static LIBRARY: OnceLock<PathBuf> = OnceLock::new();
+    LIBRARY
+        .get_or_init(|| {
+            runtime::locate_library(None).unwrap_or_else(|error| panic!("tests need ONNX Runtime: {error}"))
+        })
+        .clone()
+}
+
+/// Loads the committed default bundle.
+pub fn default_segmenter() -> Segmenter {
+    let options = SessionOptions {
+        library: onnxruntime_library(),
+        intra_threads: 0,
+    };
+    Segmenter::load(&fixture("models"), &options).expect("the committed bundle loads")
+}
+
+/// A fresh temporary folder, removed when dropped.
+pub fn temp_dir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("thrombseg-test-")
+        .tempdir()
+        .expect("a temporary folder")
+}
+
+/// A name no other test or run uses, for queues and buckets.
+pub fn unique_name(prefix: &str) -> String {
+    format!("{prefix}-{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
+}
+
+/// Fraction of voxels where two masks differ.
+pub fn mask_disagreement(actual: &ArrayD<u8>, expected: &ArrayD<u8>) -> f64 {
+    assert_eq!(actual.shape(), expected.shape(), "mask shapes differ");
+    let differing = actual.iter().zip(expected.iter()).filter(|(a, e)| a != e).count();
+    differing as f64 / actual.len() as f64
+}
+
+/// Largest absolute difference between two float arrays of the same shape.
+pub fn max_abs_difference(actual: &ArrayD<f32>, expected: &ArrayD<f32>) -> f32 {
+    assert_eq!(actual.shape(), expected.shape(), "array shapes differ");
+    actual
+        .iter()
+        .zip(expected.iter())
+        .map(|(a, e)| (a - e).abs())
+        .fold(0.0, f32::max)
+}
