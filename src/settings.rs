@@ -11,7 +11,7 @@ use crate::segmentation::runtime::{self, RuntimeError};
 use crate::transfer::{TransferSettings, UploadMethod};
 use crate::volume::ReadLimits;
 
-/// Where the model and ONNX Runtime come from, and how much input a job may bring.
+/// Model, ONNX Runtime and input-size settings.
 #[derive(Clone, Debug, clap::Args)]
 pub struct ModelArgs {
     /// Model bundle folder (bundle.json, ONNX files); defaults to the bundle in fixtures/models.

@@ -33,7 +33,7 @@ impl Default for TransferSettings {
     }
 }
 
-/// How the output is sent to its URL.
+/// HTTP method of uploads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum UploadMethod {
     /// HTTP PUT, as S3 pre-signed upload URLs expect.
@@ -42,7 +42,7 @@ pub enum UploadMethod {
     Post,
 }
 
-/// Why a transfer failed. Messages carry redacted URLs only.
+/// Transfer failures. Messages carry redacted URLs only.
 #[derive(Debug, thiserror::Error)]
 pub enum TransferError {
     #[error("{direction}: invalid URL: {reason}")]
@@ -141,18 +141,18 @@ impl Transfers {
     pub async fn download(&self, url: &str) -> Result<Vec<u8>, TransferError> {
         let direction = Direction::Download;
         let parsed = parse_url(url, direction)?;
-        let shown = redact(url);
-        let network = |e: reqwest::Error| network_error(direction, &shown, e);
+        let redacted_url = redact(url);
+        let network = |e: reqwest::Error| network_error(direction, &redacted_url, e);
 
         let response = self.client.get(parsed).send().await.map_err(network)?;
-        let response = check_status(response, direction, &shown).await?;
+        let response = check_status(response, direction, &redacted_url).await?;
 
         let limit = self.settings.max_download_bytes;
         let expected = response.content_length();
         if let Some(size) = expected.filter(|&size| size > limit) {
             return Err(TransferError::TooLarge {
                 direction,
-                url: shown,
+                url: redacted_url,
                 size,
                 limit,
             });
@@ -165,7 +165,7 @@ impl Transfers {
             if body.len() as u64 + chunk.len() as u64 > limit {
                 return Err(TransferError::TooLarge {
                     direction,
-                    url: shown,
+                    url: redacted_url,
                     size: body.len() as u64 + chunk.len() as u64,
                     limit,
                 });
@@ -176,7 +176,7 @@ impl Transfers {
         if let Some(expected) = expected.filter(|&n| n != body.len() as u64) {
             return Err(TransferError::Incomplete {
                 direction,
-                url: shown,
+                url: redacted_url,
                 received: body.len() as u64,
                 expected,
             });
@@ -188,7 +188,7 @@ impl Transfers {
     pub async fn upload(&self, url: &str, body: Vec<u8>) -> Result<(), TransferError> {
         let direction = Direction::Upload;
         let parsed = parse_url(url, direction)?;
-        let shown = redact(url);
+        let redacted_url = redact(url);
 
         let request = match self.settings.upload_method {
             UploadMethod::Put => self.client.put(parsed),
@@ -199,8 +199,8 @@ impl Transfers {
             .body(body)
             .send()
             .await
-            .map_err(|e| network_error(direction, &shown, e))?;
-        check_status(response, direction, &shown).await?;
+            .map_err(|e| network_error(direction, &redacted_url, e))?;
+        check_status(response, direction, &redacted_url).await?;
         Ok(())
     }
 }
@@ -219,7 +219,7 @@ fn parse_url(url: &str, direction: Direction) -> Result<Url, TransferError> {
     Ok(parsed)
 }
 
-fn network_error(direction: Direction, shown: &str, error: reqwest::Error) -> TransferError {
+fn network_error(direction: Direction, redacted_url: &str, error: reqwest::Error) -> TransferError {
     // reqwest's Display includes the full URL; keep only the cause chain.
     let error = error.without_url();
     let mut reason = error.to_string();
@@ -231,7 +231,7 @@ fn network_error(direction: Direction, shown: &str, error: reqwest::Error) -> Tr
     }
     TransferError::Network {
         direction,
-        url: shown.to_owned(),
+        url: redacted_url.to_owned(),
         reason,
         timed_out: error.is_timeout(),
     }
@@ -240,7 +240,7 @@ fn network_error(direction: Direction, shown: &str, error: reqwest::Error) -> Tr
 async fn check_status(
     response: reqwest::Response,
     direction: Direction,
-    shown: &str,
+    redacted_url: &str,
 ) -> Result<reqwest::Response, TransferError> {
     let status = response.status();
     if status.is_success() {
@@ -255,7 +255,7 @@ async fn check_status(
     };
     Err(TransferError::Status {
         direction,
-        url: shown.to_owned(),
+        url: redacted_url.to_owned(),
         status: status.as_u16(),
         s3_code,
     })
@@ -281,9 +281,12 @@ mod tests {
         let url =
             "https://s3.example.test:9000/bucket/key%20with%20space.npz?X-Amz-Signature=abc&X-Amz-Credential=k#frag";
 
-        let shown = redact(url);
+        let redacted_url = redact(url);
 
-        assert_eq!(shown, "https://s3.example.test:9000/bucket/key%20with%20space.npz");
+        assert_eq!(
+            redacted_url,
+            "https://s3.example.test:9000/bucket/key%20with%20space.npz"
+        );
     }
 
     #[test]

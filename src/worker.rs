@@ -18,7 +18,7 @@ use crate::segmentation::{Scores, Segmenter};
 use crate::transfer::Transfers;
 use crate::volume::{ReadLimits, encode_masks, read_npz};
 
-/// What every job of a worker shares.
+/// State shared by every job of a worker.
 pub struct JobContext {
     pub transfers: Transfers,
     pub segmenter: Arc<Mutex<Segmenter>>,

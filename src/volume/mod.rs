@@ -1,7 +1,7 @@
 //! Volume input and mask output: the file formats at both ends of a job.
 //!
-//! Reading turns untrusted bytes into a checked [`CtVolume`]; writing turns a finished
-//! segmentation into the output archive. Neither knows where the bytes come from or go.
+//! Reading turns untrusted bytes into a checked [`CtVolume`], and writing turns a finished
+//! segmentation into the output archive. Neither depends on where the bytes come from or go.
 
 mod masks;
 mod npz;
@@ -22,7 +22,7 @@ pub struct CtVolume {
     pub non_mdc_var: f64,
 }
 
-/// Why an input archive cannot be segmented. Every variant names the archive key at fault.
+/// Reasons an input archive cannot be segmented. Every variant names the archive key at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum VolumeError {
     #[error("input is not a valid npz (zip) archive: {0}")]

@@ -245,8 +245,8 @@ enum DtypeKind {
 }
 
 impl Dtype {
-    /// Parses a NumPy type descriptor such as `<i2`, `>f8` or `|u1`; returns the descriptor as
-    /// text when it is not a supported integer or float type.
+    /// Parses a NumPy type descriptor such as `<i2`, `>f8` or `|u1`. An unsupported type comes
+    /// back as the descriptor's text, for the error message.
     fn parse(descriptor: &PyValue) -> Result<Self, String> {
         let PyValue::String(text) = descriptor else {
             return Err(descriptor.to_string());
