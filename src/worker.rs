@@ -238,8 +238,8 @@ async fn settle(delivery: &Delivery, settlement: Settlement) {
     }
 }
 
-/// The delivery attempt, counting from 1: quorum queues count earlier deliveries in the
-/// `x-delivery-count` header.
+/// Returns the delivery attempt, counting from 1. Quorum queues count earlier deliveries in
+/// the `x-delivery-count` header.
 fn attempt_number(delivery: &Delivery) -> u32 {
     let previous = delivery
         .properties
