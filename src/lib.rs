@@ -7,7 +7,9 @@
 
 pub mod commands;
 pub mod error;
+pub mod health;
 pub mod job;
+pub mod metrics;
 pub mod preprocess;
 pub mod queue;
 pub mod segmentation;

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::segmentation::model::SessionOptions;
 use crate::segmentation::runtime::{self, RuntimeError};
-use crate::transfer::{TransferSettings, UploadMethod};
+use crate::transfer::{TransferSettings, UploadMethod, UrlPolicy};
 use crate::volume::ReadLimits;
 
 /// Model, ONNX Runtime and input-size settings.
@@ -66,6 +66,35 @@ pub struct TransferArgs {
     /// raw body.
     #[arg(long, env = "THROMBSEG_UPLOAD_METHOD", value_enum, default_value_t = UploadMethod::Put)]
     pub upload_method: UploadMethod,
+
+    /// Extra upload header, `Name: value`, for URLs signed with it; repeat the flag, or separate
+    /// headers with newlines in the variable.
+    #[arg(long = "upload-header", env = "THROMBSEG_UPLOAD_HEADERS", value_delimiter = '\n', value_parser = parse_header)]
+    pub upload_headers: Vec<(String, String)>,
+
+    /// Accept only https URLs.
+    #[arg(long, env = "THROMBSEG_HTTPS_ONLY")]
+    pub https_only: bool,
+
+    /// Hosts that URLs may name, comma-separated; `.example.com` matches its subdomains. Empty
+    /// accepts any host.
+    #[arg(long, env = "THROMBSEG_ALLOWED_HOSTS", value_delimiter = ',')]
+    pub allowed_hosts: Vec<String>,
+
+    /// Accept link-local and cloud metadata addresses (169.254.0.0/16, fe80::/10,
+    /// fd00:ec2::254), which are rejected by default.
+    #[arg(long, env = "THROMBSEG_ALLOW_LINK_LOCAL")]
+    pub allow_link_local: bool,
+}
+
+fn parse_header(text: &str) -> Result<(String, String), String> {
+    let (name, value) = text
+        .split_once(':')
+        .ok_or_else(|| format!("invalid header {text:?}: expected `Name: value`"))?;
+    let name = name.trim();
+    reqwest::header::HeaderName::from_bytes(name.as_bytes())
+        .map_err(|e| format!("invalid header name {name:?}: {e}"))?;
+    Ok((name.to_owned(), value.trim().to_owned()))
 }
 
 impl TransferArgs {
@@ -75,6 +104,12 @@ impl TransferArgs {
             connect_timeout: Duration::from_secs(self.connect_timeout_seconds),
             request_timeout: Duration::from_secs(self.request_timeout_seconds),
             upload_method: self.upload_method,
+            upload_headers: self.upload_headers.clone(),
+            policy: UrlPolicy {
+                https_only: self.https_only,
+                allowed_hosts: self.allowed_hosts.iter().filter(|h| !h.is_empty()).cloned().collect(),
+                allow_link_local: self.allow_link_local,
+            },
         }
     }
 }
@@ -130,8 +165,28 @@ pub struct BrokerArgs {
     )]
     pub amqp_url: AmqpUrl,
 
+    /// Seconds between AMQP heartbeats; a broker that misses two is taken as lost. A
+    /// `heartbeat` in the URL's query wins.
+    #[arg(long, env = "THROMBSEG_HEARTBEAT_SECONDS", default_value_t = 10)]
+    pub heartbeat_seconds: u16,
+
     #[command(flatten)]
     pub topology: crate::queue::Topology,
+}
+
+impl BrokerArgs {
+    /// Returns the AMQP URL with the heartbeat interval added unless it names one.
+    pub fn connection_url(&self) -> String {
+        let Ok(mut parsed) = url::Url::parse(&self.amqp_url.0) else {
+            return self.amqp_url.0.clone();
+        };
+        if !parsed.query_pairs().any(|(key, _)| key == "heartbeat") {
+            parsed
+                .query_pairs_mut()
+                .append_pair("heartbeat", &self.heartbeat_seconds.to_string());
+        }
+        parsed.to_string()
+    }
 }
 
 /// Log output format.

@@ -4,6 +4,8 @@
 //! (scheme, host, port and path) ever reach logs, envelopes or errors. URLs are passed to the
 //! HTTP client as received: the signature covers the exact path and query bytes.
 
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -20,6 +22,10 @@ pub struct TransferSettings {
     pub request_timeout: Duration,
     /// HTTP method used for uploads.
     pub upload_method: UploadMethod,
+    /// Headers sent with every upload besides Content-Length, for URLs signed with them.
+    pub upload_headers: Vec<(String, String)>,
+    /// Which URLs may be fetched.
+    pub policy: UrlPolicy,
 }
 
 impl Default for TransferSettings {
@@ -29,8 +35,136 @@ impl Default for TransferSettings {
             connect_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(300),
             upload_method: UploadMethod::Put,
+            upload_headers: Vec::new(),
+            policy: UrlPolicy::default(),
         }
     }
+}
+
+/// Which URLs and addresses transfers may reach.
+///
+/// Pre-signed URLs come from job messages, so a forged job could point the worker at an
+/// internal service. The policy limits schemes and hosts, and refuses link-local and cloud
+/// metadata addresses, whether written in the URL or returned by DNS.
+#[derive(Clone, Debug, Default)]
+pub struct UrlPolicy {
+    /// Accept only `https` URLs.
+    pub https_only: bool,
+    /// Hosts that may be reached; empty accepts any. An entry starting with a dot matches
+    /// every subdomain: `.s3.example.com` matches `bucket.s3.example.com`.
+    pub allowed_hosts: Vec<String>,
+    /// Accept link-local and cloud metadata addresses (169.254.0.0/16, fe80::/10,
+    /// fd00:ec2::254).
+    pub allow_link_local: bool,
+}
+
+impl UrlPolicy {
+    /// Checks the scheme, the host against the allow-list, and a literal IP host.
+    pub fn check_url(&self, url: &Url) -> Result<(), String> {
+        match url.scheme() {
+            "https" => {}
+            "http" if !self.https_only => {}
+            "http" => return Err("scheme http is not allowed (only https)".into()),
+            other => return Err(format!("scheme {other:?} is not http or https")),
+        }
+
+        let host = url.host().ok_or("URL has no host")?;
+        let host_text = match &host {
+            url::Host::Domain(domain) => domain.to_ascii_lowercase(),
+            url::Host::Ipv4(ip) => ip.to_string(),
+            url::Host::Ipv6(ip) => ip.to_string(),
+        };
+        if !self.host_allowed(&host_text) {
+            return Err(format!("host {host_text} is not in the allowed hosts"));
+        }
+
+        let literal = match host {
+            url::Host::Ipv4(ip) => Some(IpAddr::V4(ip)),
+            url::Host::Ipv6(ip) => Some(IpAddr::V6(ip)),
+            url::Host::Domain(_) => None,
+        };
+        match literal {
+            Some(ip) => self.check_address(ip),
+            None => Ok(()),
+        }
+    }
+
+    /// Rejects link-local and metadata addresses unless the policy allows them.
+    pub fn check_address(&self, ip: IpAddr) -> Result<(), String> {
+        if is_link_local_or_metadata(ip) && !self.allow_link_local {
+            return Err(format!("address {ip} is link-local or a cloud metadata address"));
+        }
+        Ok(())
+    }
+
+    /// Returns true if and only if `host` (lowercase) matches the allow-list, or the list is
+    /// empty.
+    pub fn host_allowed(&self, host: &str) -> bool {
+        self.allowed_hosts.is_empty()
+            || self.allowed_hosts.iter().any(|entry| {
+                let entry = entry.to_ascii_lowercase();
+                match entry.strip_prefix('.') {
+                    Some(suffix) => host.len() > suffix.len() && host.ends_with(&entry),
+                    None => host == entry,
+                }
+            })
+    }
+}
+
+/// Returns true if and only if `ip` is link-local (169.254.0.0/16, fe80::/10, or their
+/// IPv4-mapped forms) or the AWS IPv6 metadata address fd00:ec2::254.
+pub fn is_link_local_or_metadata(ip: IpAddr) -> bool {
+    const AWS_METADATA_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254);
+    match ip {
+        IpAddr::V4(v4) => v4.is_link_local(),
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return v4.is_link_local();
+            }
+            v6.is_unicast_link_local() || v6 == AWS_METADATA_V6
+        }
+    }
+}
+
+/// DNS resolution that drops addresses the policy rejects.
+struct PolicyResolver {
+    policy: UrlPolicy,
+}
+
+impl reqwest::dns::Resolve for PolicyResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let policy = self.policy.clone();
+        let host = name.as_str().to_owned();
+        Box::pin(async move {
+            let resolved: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let allowed: Vec<SocketAddr> = resolved
+                .iter()
+                .copied()
+                .filter(|address| policy.check_address(address.ip()).is_ok())
+                .collect();
+            if allowed.is_empty() && !resolved.is_empty() {
+                let message = format!("host {host} resolves only to link-local or cloud metadata addresses");
+                return Err(message.into());
+            }
+            Ok(Box::new(allowed.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+/// Follows a redirect only to the same scheme, host and port, at most 3 times, so that a
+/// request and its body are never sent to another host.
+fn redirect_policy() -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(|attempt| {
+        let origin = &attempt.previous()[0];
+        let same_origin = attempt.url().scheme() == origin.scheme()
+            && attempt.url().host_str() == origin.host_str()
+            && attempt.url().port_or_known_default() == origin.port_or_known_default();
+        if same_origin && attempt.previous().len() <= 3 {
+            attempt.follow()
+        } else {
+            attempt.stop()
+        }
+    })
 }
 
 /// HTTP method of uploads.
@@ -130,9 +264,10 @@ impl Transfers {
         let client = Client::builder()
             .connect_timeout(settings.connect_timeout)
             .timeout(settings.request_timeout)
-            // NOTE: a redirect would resend the request, and an upload's body, to wherever the
-            // server points; pre-signed S3 URLs do not redirect, so any redirect is an error.
-            .redirect(reqwest::redirect::Policy::none())
+            .redirect(redirect_policy())
+            .dns_resolver(Arc::new(PolicyResolver {
+                policy: settings.policy.clone(),
+            }))
             .build()?;
         Ok(Self { client, settings })
     }
@@ -140,7 +275,7 @@ impl Transfers {
     /// Downloads `url` into memory, refusing bodies larger than the configured limit.
     pub async fn download(&self, url: &str) -> Result<Vec<u8>, TransferError> {
         let direction = Direction::Download;
-        let parsed = parse_url(url, direction)?;
+        let parsed = parse_url(url, direction, &self.settings.policy)?;
         let redacted_url = redact(url);
         let network = |e: reqwest::Error| network_error(direction, &redacted_url, e);
 
@@ -187,13 +322,18 @@ impl Transfers {
     /// Uploads `body` to `url` with an exact Content-Length.
     pub async fn upload(&self, url: &str, body: Vec<u8>) -> Result<(), TransferError> {
         let direction = Direction::Upload;
-        let parsed = parse_url(url, direction)?;
+        let parsed = parse_url(url, direction, &self.settings.policy)?;
         let redacted_url = redact(url);
 
         let request = match self.settings.upload_method {
             UploadMethod::Put => self.client.put(parsed),
             UploadMethod::Post => self.client.post(parsed),
         };
+        let request = self
+            .settings
+            .upload_headers
+            .iter()
+            .fold(request, |request, (name, value)| request.header(name, value));
         let response = request
             .header(header::CONTENT_LENGTH, body.len())
             .body(body)
@@ -205,17 +345,10 @@ impl Transfers {
     }
 }
 
-fn parse_url(url: &str, direction: Direction) -> Result<Url, TransferError> {
-    let parsed = Url::parse(url).map_err(|e| TransferError::InvalidUrl {
-        direction,
-        reason: e.to_string(),
-    })?;
-    if !matches!(parsed.scheme(), "http" | "https") {
-        return Err(TransferError::InvalidUrl {
-            direction,
-            reason: format!("scheme {:?} is not http or https", parsed.scheme()),
-        });
-    }
+fn parse_url(url: &str, direction: Direction, policy: &UrlPolicy) -> Result<Url, TransferError> {
+    let invalid = |reason: String| TransferError::InvalidUrl { direction, reason };
+    let parsed = Url::parse(url).map_err(|e| invalid(e.to_string()))?;
+    policy.check_url(&parsed).map_err(invalid)?;
     Ok(parsed)
 }
 
@@ -276,6 +409,94 @@ pub fn s3_error_code(body: &[u8]) -> Option<String> {
 mod tests {
     use super::*;
 
+    fn url(text: &str) -> Url {
+        Url::parse(text).unwrap()
+    }
+
+    #[test]
+    fn link_local_and_metadata_addresses() {
+        for address in [
+            "169.254.169.254",
+            "169.254.0.1",
+            "fe80::1",
+            "fd00:ec2::254",
+            "::ffff:169.254.169.254",
+        ] {
+            assert!(is_link_local_or_metadata(address.parse().unwrap()), "{address}");
+        }
+        for address in [
+            "127.0.0.1",
+            "10.0.0.1",
+            "8.8.8.8",
+            "::1",
+            "fd00:ec2::253",
+            "2001:db8::1",
+        ] {
+            assert!(!is_link_local_or_metadata(address.parse().unwrap()), "{address}");
+        }
+    }
+
+    #[test]
+    fn metadata_url_rejected_unless_allowed() {
+        let strict = UrlPolicy::default();
+        let lenient = UrlPolicy {
+            allow_link_local: true,
+            ..UrlPolicy::default()
+        };
+
+        let error = strict
+            .check_url(&url("http://169.254.169.254/latest/meta-data/"))
+            .unwrap_err();
+        assert!(error.contains("link-local"), "{error}");
+        assert!(strict.check_url(&url("http://[fd00:ec2::254]/")).is_err());
+        assert!(
+            lenient
+                .check_url(&url("http://169.254.169.254/latest/meta-data/"))
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn https_only_rejects_http() {
+        let policy = UrlPolicy {
+            https_only: true,
+            ..UrlPolicy::default()
+        };
+
+        assert!(policy.check_url(&url("https://s3.example.test/b/k")).is_ok());
+        let error = policy.check_url(&url("http://s3.example.test/b/k")).unwrap_err();
+        assert!(error.contains("only https"), "{error}");
+        assert!(
+            UrlPolicy::default()
+                .check_url(&url("ftp://s3.example.test/b/k"))
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn host_allow_list_exact_and_suffix() {
+        let policy = UrlPolicy {
+            allowed_hosts: vec!["storage.example.test".into(), ".s3.example.test".into()],
+            ..UrlPolicy::default()
+        };
+
+        assert!(policy.check_url(&url("https://storage.example.test/b/k")).is_ok());
+        assert!(policy.check_url(&url("https://STORAGE.example.test/b/k")).is_ok());
+        assert!(policy.check_url(&url("https://bucket.s3.example.test/k")).is_ok());
+        assert!(
+            policy.check_url(&url("https://s3.example.test/k")).is_err(),
+            "the suffix entry needs a subdomain"
+        );
+        assert!(policy.check_url(&url("https://evil-storage.example.test/k")).is_err());
+        assert!(
+            policy
+                .check_url(&url("https://storage.example.test.evil.test/k"))
+                .is_err()
+        );
+        let error = policy.check_url(&url("https://127.0.0.1:9000/k")).unwrap_err();
+        assert!(error.contains("not in the allowed hosts"), "{error}");
+    }
+
     #[test]
     fn redact_drops_query_and_fragment() {
         let url =
@@ -321,7 +542,7 @@ mod tests {
 
     #[test]
     fn non_http_scheme_is_invalid() {
-        let error = parse_url("file:///etc/passwd", Direction::Download).unwrap_err();
+        let error = parse_url("file:///etc/passwd", Direction::Download, &UrlPolicy::default()).unwrap_err();
 
         assert!(error.to_string().contains("not http or https"), "{error}");
     }

@@ -1,40 +1,69 @@
-//! One job's life: receive, fetch, segment, upload, publish, then ack or reject.
+//! One job's life: receive, fetch, segment, upload, publish, then ack, retry or reject.
 //!
 //! This is the only module that ties the queue, the transfers and the compute core together.
 //! Failures are logged once, here, where the delivery's fate is decided.
 
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use lapin::BasicProperties;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
-use lapin::types::AMQPValue;
+use lapin::types::{AMQPValue, FieldTable, ShortString};
 use tracing::{Instrument, Span, field};
 
-use crate::error::{Disposition, JobError, disposition};
-use crate::job::{BundleInfo, EnvelopeError, JobRequest, Stages, Status, StatusEnvelope, TransportIds};
+use crate::error::{Decision, ErrorKind, JobError, RetryPolicy, decide};
+use crate::job::{BundleInfo, EnvelopeError, JobRequest, RequestError, Stages, Status, StatusEnvelope, TransportIds};
+use crate::metrics::{DeadLetterReason, Metrics, Outcome};
 use crate::queue::{Publisher, ReplyTarget};
 use crate::segmentation::{Scores, Segmenter};
-use crate::transfer::Transfers;
+use crate::transfer::{Transfers, redact};
 use crate::volume::{ReadLimits, encode_masks, read_npz};
 
-/// State shared by every job of a worker.
+/// Header that carries the attempt number of a job sent back through the delay queue.
+pub const ATTEMPT_HEADER: &str = "x-thrombseg-attempt";
+
+/// AMQP delivery mode that makes the broker write a message to disk.
+const PERSISTENT: u8 = 2;
+
+/// State shared by every job of a worker, across broker connections.
 pub struct JobContext {
     pub transfers: Transfers,
     pub segmenter: Arc<Mutex<Segmenter>>,
-    pub publisher: Publisher,
     pub limits: ReadLimits,
     pub bundle: BundleInfo,
+    pub metrics: Arc<Metrics>,
+    pub retry: RetryPolicy,
+    /// Time a job may take from download to upload before it fails as transient.
+    pub job_deadline: Duration,
+    /// Queue that holds jobs waiting for their next attempt.
+    pub retry_queue: String,
 }
 
-/// Handles one delivery to the end: it is acked, rejected or requeued before this returns.
-pub async fn handle_delivery(context: Arc<JobContext>, delivery: Delivery) {
+/// Handles one delivery to the end: it is acked, retried, rejected or requeued before this
+/// returns. `publisher` belongs to the connection the delivery came from.
+pub async fn handle_delivery(context: Arc<JobContext>, publisher: Publisher, delivery: Delivery) {
     let attempt = attempt_number(&delivery);
     let span = tracing::info_span!("job", job_id = field::Empty, attempt, stage = field::Empty);
-    process(context, delivery, attempt).instrument(span).await;
+    let _in_flight = InFlight::new(&context.metrics);
+    let started = Instant::now();
+
+    let outcome = process(&context, &publisher, &delivery, attempt).instrument(span).await;
+    if let Some((outcome, kind)) = outcome {
+        context
+            .metrics
+            .record_job(outcome, kind, started.elapsed().as_secs_f64());
+    }
 }
 
-async fn process(context: Arc<JobContext>, delivery: Delivery, attempt: u32) {
+/// Runs the job and settles its delivery; returns the final outcome, or `None` when the job
+/// will run again.
+async fn process(
+    context: &JobContext,
+    publisher: &Publisher,
+    delivery: &Delivery,
+    attempt: u32,
+) -> Option<(Outcome, Option<ErrorKind>)> {
     let ids = TransportIds {
         message_id: delivery.properties.message_id().as_ref().map(|id| id.to_string()),
         correlation_id: delivery.properties.correlation_id().as_ref().map(|id| id.to_string()),
@@ -46,65 +75,46 @@ async fn process(context: Arc<JobContext>, delivery: Delivery, attempt: u32) {
 
     let job = match JobRequest::parse(&delivery.data, &ids) {
         Ok(job) => job,
-        Err(error) => {
-            reject_unparseable(&context, &delivery, &ids, &reply, attempt, error).await;
-            return;
-        }
+        Err(error) => return reject_invalid(context, publisher, delivery, &ids, &reply, attempt, error).await,
     };
     Span::current().record("job_id", job.job_id.as_str());
-    tracing::info!(input = %crate::transfer::redact(&job.input_file_url), explain = job.explain, "job received");
+    tracing::info!(input = %redact(&job.input_file_url), explain = job.explain, "job received");
 
     let mut stages = Stages::default();
-    let outcome = run_job(&context, &job, &mut stages).await;
+    let deadline = context.job_deadline;
+    let outcome = match tokio::time::timeout(deadline, run_job(context, &job, &mut stages)).await {
+        Ok(outcome) => outcome,
+        Err(_) => Err(JobError::Deadline(deadline.as_secs())),
+    };
+    record_stages(&context.metrics, &stages);
 
-    let started = Instant::now();
-    let (envelope, failure) = match outcome {
-        Ok(scores) => (
-            StatusEnvelope::ok(job.job_id.clone(), attempt, stages, context.bundle.clone(), scores),
-            None,
-        ),
-        Err(error) => {
-            let kind = error.kind();
-            if disposition(kind, delivery.redelivered) == Disposition::Requeue {
-                tracing::warn!(error = %error, kind = kind.as_str(), "job failed; requeueing for another attempt");
-                settle(&delivery, Settlement::Requeue).await;
-                return;
-            }
+    let error = match outcome {
+        Ok(scores) => {
+            let envelope = StatusEnvelope::ok(job.job_id.clone(), attempt, stages, context.bundle.clone(), scores);
+            return finish(context, publisher, delivery, &reply, &envelope, None).await;
+        }
+        Err(error) => error,
+    };
+
+    let kind = error.kind();
+    match decide(kind, attempt, &context.retry, rand::random::<f64>()) {
+        Decision::Retry { delay } => {
+            retry_later(context, publisher, delivery, attempt, delay, &error).await;
+            None
+        }
+        Decision::Fail => {
             let envelope_error = EnvelopeError {
                 kind: kind.as_str(),
                 message: error.to_string(),
             };
-            (
-                StatusEnvelope::error(
-                    job.job_id.clone(),
-                    attempt,
-                    stages,
-                    context.bundle.clone(),
-                    envelope_error,
-                ),
-                Some(error),
-            )
-        }
-    };
-
-    Span::current().record("stage", "publish");
-    let published = publish(&context, &envelope, &reply).await;
-    let publish_seconds = started.elapsed().as_secs_f64();
-
-    match (published, failure) {
-        (Ok(()), None) => {
-            tracing::info!(seconds = publish_seconds, stages = ?envelope.stages, "job succeeded");
-            settle(&delivery, Settlement::Ack).await;
-        }
-        (Ok(()), Some(error)) => {
-            tracing::error!(error = %error, kind = error.kind().as_str(), "job failed; rejected to the dead-letter queue");
-            settle(&delivery, Settlement::Reject).await;
-        }
-        (Err(error), _) => {
-            // Without a confirmed envelope the job's outcome is unknown to the platform, so the
-            // job goes back to the queue and runs again.
-            tracing::error!(error = %error, "status envelope not confirmed; requeueing the job");
-            settle(&delivery, Settlement::Requeue).await;
+            let envelope = StatusEnvelope::error(
+                job.job_id.clone(),
+                attempt,
+                stages,
+                context.bundle.clone(),
+                envelope_error,
+            );
+            finish(context, publisher, delivery, &reply, &envelope, Some(error)).await
         }
     }
 }
@@ -117,99 +127,241 @@ async fn run_job(context: &JobContext, job: &JobRequest, stages: &mut Stages) ->
     let started = Instant::now();
     let bytes = context.transfers.download(&job.input_file_url).await?;
     stages.download = Some(started.elapsed().as_secs_f64());
+    context.metrics.add_download_bytes(bytes.len());
 
     span.record("stage", "segment");
-    let started = Instant::now();
     let segmenter = Arc::clone(&context.segmenter);
     let limits = context.limits;
     let explain = job.explain;
     let compute_span = span.clone();
-    let (decode_seconds, segmentation, encoded) = tokio::task::spawn_blocking(move || {
+    let computed = tokio::task::spawn_blocking(move || {
         let _entered = compute_span.enter();
-        let volume = read_npz(&bytes, limits)?;
-        drop(bytes);
-        let decode_seconds = started.elapsed().as_secs_f64();
-
-        let segmentation = {
-            let mut segmenter = segmenter
-                .lock()
-                .map_err(|_| JobError::Internal("model lock poisoned".into()))?;
-            segmenter.segment(&volume, explain)?
-        };
-
-        let encode_started = Instant::now();
-        let encoded = encode_masks(&segmentation.archive()).map_err(|e| JobError::Encode(e.to_string()))?;
-        Ok::<_, JobError>((
-            decode_seconds,
-            segmentation,
-            (encoded, encode_started.elapsed().as_secs_f64()),
-        ))
+        compute(&bytes, limits, &segmenter, explain)
     })
     .await
     .map_err(|e| JobError::Internal(e.to_string()))??;
 
-    stages.decode = Some(decode_seconds);
-    stages.record_compute(&segmentation.timings);
-    let (encoded, encode_seconds) = encoded;
-    stages.encode = Some(encode_seconds);
+    stages.decode = Some(computed.decode_seconds);
+    stages.record_compute(&computed.timings);
+    stages.encode = Some(computed.encode_seconds);
+    context.metrics.add_voxels(computed.voxels);
 
     span.record("stage", "upload");
     let started = Instant::now();
-    context.transfers.upload(&job.output_file_url, encoded).await?;
+    let upload_bytes = computed.encoded.len();
+    context.transfers.upload(&job.output_file_url, computed.encoded).await?;
     stages.upload = Some(started.elapsed().as_secs_f64());
+    context.metrics.add_upload_bytes(upload_bytes);
 
-    Ok(segmentation.explain.map(|explain| explain.scores))
+    Ok(computed.scores)
 }
 
-/// Dead-letters a body that is not a job; publishes an ERROR envelope when an id is known.
-async fn reject_unparseable(
+/// What the blocking part of a job returns.
+struct Computed {
+    encoded: Vec<u8>,
+    scores: Option<Scores>,
+    timings: crate::segmentation::StageTimings,
+    decode_seconds: f64,
+    encode_seconds: f64,
+    voxels: usize,
+}
+
+/// Decodes, segments and encodes on the calling (blocking) thread.
+fn compute(
+    bytes: &[u8],
+    limits: ReadLimits,
+    segmenter: &Mutex<Segmenter>,
+    explain: bool,
+) -> Result<Computed, JobError> {
+    let started = Instant::now();
+    let volume = read_npz(bytes, limits)?;
+    let decode_seconds = started.elapsed().as_secs_f64();
+
+    let segmentation = {
+        let mut segmenter = segmenter
+            .lock()
+            .map_err(|_| JobError::Internal("model lock poisoned by an earlier panic".into()))?;
+        segmenter.segment(&volume, explain)?
+    };
+
+    let started = Instant::now();
+    let encoded = encode_masks(&segmentation.archive()).map_err(|e| JobError::Encode(e.to_string()))?;
+    Ok(Computed {
+        encoded,
+        scores: segmentation.explain.map(|explain| explain.scores),
+        timings: segmentation.timings,
+        decode_seconds,
+        encode_seconds: started.elapsed().as_secs_f64(),
+        voxels: volume.voxels.len(),
+    })
+}
+
+/// Publishes the final envelope, then acks (OK) or rejects to the dead-letter queue (ERROR).
+/// A job whose envelope is not confirmed goes back to the queue instead.
+async fn finish(
     context: &JobContext,
+    publisher: &Publisher,
+    delivery: &Delivery,
+    reply: &ReplyTarget,
+    envelope: &StatusEnvelope,
+    error: Option<JobError>,
+) -> Option<(Outcome, Option<ErrorKind>)> {
+    Span::current().record("stage", "publish");
+    let started = Instant::now();
+    let published = publish(publisher, envelope, reply).await;
+    context.metrics.record_stage("publish", started.elapsed().as_secs_f64());
+
+    if let Err(publish_error) = published {
+        // Without a confirmed envelope the platform does not know the outcome, so the job runs
+        // again rather than end silently.
+        tracing::error!(error = %publish_error, "status envelope not confirmed; requeueing the job");
+        settle(delivery, Settlement::Requeue).await;
+        return None;
+    }
+
+    match error {
+        None => {
+            tracing::info!(stages = ?envelope.stages, "job succeeded");
+            settle(delivery, Settlement::Ack).await;
+            Some((Outcome::Ok, None))
+        }
+        Some(error) => {
+            let kind = error.kind();
+            tracing::error!(error = %error, kind = kind.as_str(), "job failed; rejected to the dead-letter queue");
+            settle(delivery, Settlement::Reject).await;
+            context.metrics.record_dead_letter(DeadLetterReason::Failed(kind));
+            Some((Outcome::Error, Some(kind)))
+        }
+    }
+}
+
+/// Sends a copy of the job to the delay queue with its next attempt number, then acks the
+/// original. The delay queue dead-letters it back to the job queue when its TTL expires.
+async fn retry_later(
+    context: &JobContext,
+    publisher: &Publisher,
+    delivery: &Delivery,
+    attempt: u32,
+    delay: Duration,
+    error: &JobError,
+) {
+    let mut headers = FieldTable::default();
+    headers.insert(ATTEMPT_HEADER.into(), AMQPValue::LongLongInt(i64::from(attempt) + 1));
+    let original = &delivery.properties;
+    let mut properties = BasicProperties::default()
+        .with_delivery_mode(PERSISTENT)
+        .with_headers(headers)
+        .with_expiration(ShortString::from(delay.as_millis().to_string()));
+    if let Some(value) = original.content_type() {
+        properties = properties.with_content_type(value.clone());
+    }
+    if let Some(value) = original.message_id() {
+        properties = properties.with_message_id(value.clone());
+    }
+    if let Some(value) = original.correlation_id() {
+        properties = properties.with_correlation_id(value.clone());
+    }
+    if let Some(value) = original.reply_to() {
+        properties = properties.with_reply_to(value.clone());
+    }
+
+    let sent = publisher
+        .publish_confirmed("", &context.retry_queue, &delivery.data, properties)
+        .await;
+    match sent {
+        Ok(()) => {
+            tracing::warn!(
+                error = %error,
+                kind = error.kind().as_str(),
+                retry_in_seconds = delay.as_secs_f64(),
+                next_attempt = attempt + 1,
+                "job failed; retrying later"
+            );
+            context.metrics.record_retry();
+            settle(delivery, Settlement::Ack).await;
+        }
+        Err(publish_error) => {
+            tracing::error!(error = %error, retry_error = %publish_error, "job failed and could not be scheduled for a retry; requeueing it");
+            settle(delivery, Settlement::Requeue).await;
+        }
+    }
+}
+
+/// Dead-letters a body that is not a valid job; publishes an ERROR envelope first when the
+/// body or the message carries a job id.
+async fn reject_invalid(
+    context: &JobContext,
+    publisher: &Publisher,
     delivery: &Delivery,
     ids: &TransportIds,
     reply: &ReplyTarget,
     attempt: u32,
-    error: crate::job::RequestError,
-) {
+    error: RequestError,
+) -> Option<(Outcome, Option<ErrorKind>)> {
     let job_id = serde_json::from_slice::<serde_json::Value>(&delivery.data)
         .ok()
         .and_then(|body| body.get("job_id").and_then(|id| id.as_str().map(str::to_owned)))
         .or_else(|| ids.message_id.clone())
         .or_else(|| ids.correlation_id.clone());
 
-    if let Some(job_id) = job_id {
-        Span::current().record("job_id", job_id.as_str());
-        let envelope = StatusEnvelope::error(
-            job_id,
-            attempt,
-            Stages::default(),
-            context.bundle.clone(),
-            EnvelopeError {
-                kind: crate::error::ErrorKind::BadInput.as_str(),
-                message: error.to_string(),
-            },
-        );
-        if let Err(publish_error) = publish(context, &envelope, reply).await {
-            tracing::error!(error = %publish_error, "status envelope for an invalid job not confirmed; requeueing");
-            settle(delivery, Settlement::Requeue).await;
-            return;
-        }
-    }
+    let Some(job_id) = job_id else {
+        // The body is never logged: it may hold pre-signed URLs.
+        tracing::error!(error = %error, body_bytes = delivery.data.len(), "message is not a job; rejected to the dead-letter queue");
+        settle(delivery, Settlement::Reject).await;
+        context.metrics.record_dead_letter(DeadLetterReason::NotAJob);
+        return None;
+    };
 
-    // The body is never logged: it may hold pre-signed URLs.
-    tracing::error!(error = %error, body_bytes = delivery.data.len(), "message is not a valid job; rejected to the dead-letter queue");
-    settle(delivery, Settlement::Reject).await;
+    Span::current().record("job_id", job_id.as_str());
+    let envelope_error = EnvelopeError {
+        kind: ErrorKind::BadInput.as_str(),
+        message: error.to_string(),
+    };
+    let envelope = StatusEnvelope::error(
+        job_id,
+        attempt,
+        Stages::default(),
+        context.bundle.clone(),
+        envelope_error,
+    );
+    finish(
+        context,
+        publisher,
+        delivery,
+        reply,
+        &envelope,
+        Some(JobError::Request(error)),
+    )
+    .await
 }
 
-async fn publish(context: &JobContext, envelope: &StatusEnvelope, reply: &ReplyTarget) -> Result<(), JobError> {
+async fn publish(publisher: &Publisher, envelope: &StatusEnvelope, reply: &ReplyTarget) -> Result<(), JobError> {
     let routing_key = match envelope.status {
         Status::Ok => "ok",
         Status::Error => "error",
     };
-    context
-        .publisher
+    publisher
         .publish_envelope(envelope.to_json().as_bytes(), routing_key, &envelope.job_id, reply)
         .await?;
     Ok(())
+}
+
+fn record_stages(metrics: &Metrics, stages: &Stages) {
+    let timed = [
+        ("download", stages.download),
+        ("decode", stages.decode),
+        ("preprocess", stages.preprocess),
+        ("infer_3d", stages.infer_3d),
+        ("infer_2d", stages.infer_2d),
+        ("postprocess", stages.postprocess),
+        ("encode", stages.encode),
+        ("upload", stages.upload),
+    ];
+    for (stage, seconds) in timed {
+        if let Some(seconds) = seconds {
+            metrics.record_stage(stage, seconds);
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -233,29 +385,55 @@ async fn settle(delivery: &Delivery, settlement: Settlement) {
         }
     };
     if let Err(error) = result {
-        // The broker redelivers an unsettled message once the channel closes, so nothing is lost.
-        tracing::warn!(error = %error, ?settlement, "could not settle the delivery; the broker will redeliver it");
+        // The delivery belongs to its channel. When that channel is gone, the broker has
+        // already requeued the message, and settling it on another channel would be wrong.
+        tracing::warn!(error = %error, ?settlement, "could not settle the delivery; the broker redelivers it");
     }
 }
 
-/// Returns the delivery attempt, counting from 1. Quorum queues count earlier deliveries in
-/// the `x-delivery-count` header.
-fn attempt_number(delivery: &Delivery) -> u32 {
-    let previous = delivery
-        .properties
-        .headers()
-        .as_ref()
-        .and_then(|headers| headers.inner().get("x-delivery-count").cloned())
-        .and_then(|value| match value {
-            AMQPValue::LongLongInt(n) => u32::try_from(n).ok(),
-            AMQPValue::LongInt(n) => u32::try_from(n).ok(),
-            AMQPValue::ShortInt(n) => u32::try_from(n).ok(),
-            AMQPValue::LongUInt(n) => Some(n),
-            _ => None,
-        });
-    match previous {
-        Some(count) => count + 1,
-        None if delivery.redelivered => 2,
-        None => 1,
+/// Returns the attempt number, counting from 1: the attempt header of a retried job, plus the
+/// deliveries that quorum queues count in `x-delivery-count` (a crash or a requeue).
+pub fn attempt_number(delivery: &Delivery) -> u32 {
+    let headers = delivery.properties.headers().as_ref();
+    let header = |name: &str| {
+        headers
+            .and_then(|h| h.inner().get(name).cloned())
+            .and_then(header_count)
+    };
+
+    let retried = header(ATTEMPT_HEADER).unwrap_or(1).max(1);
+    let redelivered = match header("x-delivery-count") {
+        Some(count) => count,
+        None => u32::from(delivery.redelivered),
+    };
+    retried.saturating_add(redelivered)
+}
+
+fn header_count(value: AMQPValue) -> Option<u32> {
+    match value {
+        AMQPValue::LongLongInt(n) => u32::try_from(n).ok(),
+        AMQPValue::LongInt(n) => u32::try_from(n).ok(),
+        AMQPValue::LongUInt(n) => Some(n),
+        AMQPValue::ShortInt(n) => u32::try_from(n).ok(),
+        AMQPValue::ShortUInt(n) => Some(u32::from(n)),
+        _ => None,
+    }
+}
+
+/// Counts a job in flight for as long as it lives, panics included.
+struct InFlight<'a> {
+    metrics: &'a Metrics,
+}
+
+impl<'a> InFlight<'a> {
+    fn new(metrics: &'a Metrics) -> Self {
+        metrics.job_started();
+        Self { metrics }
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.metrics.job_settled();
     }
 }

@@ -144,7 +144,7 @@ async fn enqueue_and_wait(
     input_url: &str,
     output_url: &str,
 ) -> anyhow::Result<serde_json::Value> {
-    let connection = queue::connect(&args.broker.amqp_url.0).await?;
+    let connection = queue::connect(&args.broker.amqp_url.0, &format!("thrombseg-submit-{job_id}")).await?;
     let channel = connection.create_channel().await?;
     queue::declare(&channel, &args.broker.topology).await?;
 

@@ -1,20 +1,31 @@
-//! `thrombseg worker`: consumes jobs until SIGTERM or Ctrl-C.
+//! `thrombseg worker`: consumes jobs until SIGTERM or Ctrl-C, reconnecting when the broker
+//! goes away.
 
+use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use lapin::options::BasicCancelOptions;
+use lapin::{Channel, Connection, Consumer};
+use ndarray::Array3;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
+use crate::error::RetryPolicy;
+use crate::health::{self, Readiness};
 use crate::job::BundleInfo;
-use crate::queue::{self, Publisher};
+use crate::metrics::Metrics;
+use crate::queue::{self, Publisher, QueueError};
 use crate::segmentation::{self, Segmenter};
 use crate::settings::{BrokerArgs, ModelArgs, TransferArgs};
 use crate::transfer::Transfers;
+use crate::volume::CtVolume;
 use crate::worker::{JobContext, handle_delivery};
+
+/// Longest wait between two attempts to reach the broker.
+const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(30);
 
 #[derive(Debug, clap::Args)]
 pub struct WorkerArgs {
@@ -32,9 +43,31 @@ pub struct WorkerArgs {
     #[arg(long, env = "THROMBSEG_JOBS_IN_FLIGHT", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
     pub jobs_in_flight: u16,
 
-    /// Seconds to let jobs in flight finish after SIGTERM before they are requeued.
+    /// Seconds to let jobs in flight finish after SIGTERM before they go back to the queue;
+    /// keep it below the pod's terminationGracePeriodSeconds.
     #[arg(long, env = "THROMBSEG_SHUTDOWN_GRACE_SECONDS", default_value_t = 25)]
     pub shutdown_grace_seconds: u64,
+
+    /// Attempts a job gets in all when it fails with a transient error.
+    #[arg(long, env = "THROMBSEG_MAX_ATTEMPTS", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_attempts: u32,
+
+    /// Milliseconds before the second attempt; each later attempt waits twice as long.
+    #[arg(long, env = "THROMBSEG_RETRY_BASE_DELAY_MS", default_value_t = 5_000)]
+    pub retry_base_delay_ms: u64,
+
+    /// Longest wait between two attempts, in milliseconds.
+    #[arg(long, env = "THROMBSEG_RETRY_MAX_DELAY_MS", default_value_t = 300_000)]
+    pub retry_max_delay_ms: u64,
+
+    /// Seconds a job may take from download to upload before it fails as transient. Keep it
+    /// below RabbitMQ's consumer_timeout (30 minutes by default).
+    #[arg(long, env = "THROMBSEG_JOB_DEADLINE_SECONDS", default_value_t = 1200)]
+    pub job_deadline_seconds: u64,
+
+    /// Address of the HTTP listener for /metrics, /healthz and /readyz.
+    #[arg(long, env = "THROMBSEG_METRICS_ADDRESS", default_value = "127.0.0.1:9090")]
+    pub metrics_address: SocketAddr,
 }
 
 pub fn run(args: WorkerArgs) -> ExitCode {
@@ -48,88 +81,230 @@ pub fn run(args: WorkerArgs) -> ExitCode {
 }
 
 async fn serve(args: WorkerArgs) -> anyhow::Result<()> {
+    let metrics = Arc::new(Metrics::new());
+    let readiness = Arc::new(Readiness::default());
+    let listener = tokio::spawn(health::serve(
+        args.metrics_address,
+        Arc::clone(&metrics),
+        Arc::clone(&readiness),
+    ));
+
+    let context = Arc::new(load_context(&args, &metrics).await?);
+    readiness.set_model_ready("cpu");
+    metrics.set_execution_provider("cpu");
+
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    let mut jobs = JoinSet::new();
+    let slots = Arc::new(Semaphore::new(usize::from(args.jobs_in_flight)));
+    let mut reconnect_delay = Duration::from_secs(1);
+    let mut connected_before = false;
+
+    loop {
+        if listener.is_finished() {
+            anyhow::bail!(
+                "the metrics listener on {} stopped; see the error above",
+                args.metrics_address
+            );
+        }
+
+        let session = tokio::select! {
+            session = Session::open(&args) => session,
+            () = &mut shutdown => break,
+        };
+        let mut session = match session {
+            Ok(session) => session,
+            Err(error) => {
+                tracing::warn!(error = %error, retry_in_seconds = reconnect_delay.as_secs(), "broker unavailable");
+                tokio::select! {
+                    () = tokio::time::sleep(reconnect_delay) => {}
+                    () = &mut shutdown => break,
+                }
+                reconnect_delay = (reconnect_delay * 2).min(MAX_RECONNECT_DELAY);
+                continue;
+            }
+        };
+
+        if connected_before {
+            metrics.record_reconnect();
+            tracing::info!("reconnected to the broker");
+        }
+        connected_before = true;
+        reconnect_delay = Duration::from_secs(1);
+        readiness.set_consuming(true);
+        metrics.set_broker_connected(true);
+        tracing::info!(
+            broker = %args.broker.amqp_url.redacted(),
+            queue = %args.broker.topology.job_queue,
+            jobs_in_flight = args.jobs_in_flight,
+            "consuming jobs"
+        );
+
+        let end = session.consume(&context, &slots, &mut jobs, &mut shutdown).await;
+        readiness.set_consuming(false);
+        metrics.set_broker_connected(false);
+
+        match end {
+            SessionEnd::Shutdown => {
+                tracing::info!(jobs_in_flight = jobs.len(), "stopping: no new jobs will be taken");
+                session.cancel().await;
+                drain(&mut jobs, Duration::from_secs(args.shutdown_grace_seconds)).await;
+                session.close().await;
+                tracing::info!("worker stopped");
+                return Ok(());
+            }
+            SessionEnd::Lost(reason) => {
+                tracing::warn!(
+                    reason,
+                    "lost the broker; jobs in flight finish, and the broker redelivers their messages"
+                );
+            }
+        }
+    }
+
+    // Shutdown while disconnected: jobs of the lost connection can no longer be settled.
+    drain(&mut jobs, Duration::from_secs(args.shutdown_grace_seconds)).await;
+    tracing::info!("worker stopped");
+    Ok(())
+}
+
+/// Loads the bundle, runs a test inference, and builds what every job shares.
+async fn load_context(args: &WorkerArgs, metrics: &Arc<Metrics>) -> anyhow::Result<JobContext> {
     let bundle_dir = segmentation::locate_bundle(args.model.bundle.as_deref())?;
     let options = args.model.session_options()?;
-    let segmenter = tokio::task::spawn_blocking(move || Segmenter::load(&bundle_dir, &options)).await??;
+    let segmenter = tokio::task::spawn_blocking(move || -> anyhow::Result<Segmenter> {
+        let mut segmenter = Segmenter::load(&bundle_dir, &options)?;
+        warm_up(&mut segmenter)?;
+        Ok(segmenter)
+    })
+    .await??;
+
     let bundle = BundleInfo {
         name: segmenter.manifest().name.clone(),
         version: segmenter.manifest().version.clone(),
     };
-    tracing::info!(bundle = %bundle.name, version = %bundle.version, "model bundle loaded");
+    metrics.set_bundle(&bundle.name, &bundle.version);
+    tracing::info!(bundle = %bundle.name, version = %bundle.version, execution_provider = "cpu", "model bundle loaded and tested");
 
-    let connection = queue::connect(&args.broker.amqp_url.0).await?;
-    let topology = &args.broker.topology;
-    let consume_channel = connection.create_channel().await?;
-    queue::declare(&consume_channel, topology).await?;
-    let publisher = Publisher::new(connection.create_channel().await?, &topology.status_exchange).await?;
-
-    let context = Arc::new(JobContext {
+    Ok(JobContext {
         transfers: Transfers::new(args.transfer.settings())?,
         segmenter: Arc::new(Mutex::new(segmenter)),
-        publisher,
         limits: args.model.read_limits(),
         bundle,
-    });
+        metrics: Arc::clone(metrics),
+        retry: RetryPolicy {
+            max_attempts: args.max_attempts,
+            base_delay: Duration::from_millis(args.retry_base_delay_ms),
+            max_delay: Duration::from_millis(args.retry_max_delay_ms),
+        },
+        job_deadline: Duration::from_secs(args.job_deadline_seconds),
+        retry_queue: args.broker.topology.retry_queue.clone(),
+    })
+}
 
-    let consumer_tag = format!("thrombseg-{}", uuid::Uuid::new_v4());
-    let mut consumer = queue::consume(
-        &consume_channel,
-        &topology.job_queue,
-        args.jobs_in_flight,
-        &consumer_tag,
-    )
-    .await?;
-    tracing::info!(
-        broker = %args.broker.amqp_url.redacted(),
-        queue = %topology.job_queue,
-        jobs_in_flight = args.jobs_in_flight,
-        "consuming jobs"
-    );
-
-    let slots = Arc::new(Semaphore::new(usize::from(args.jobs_in_flight)));
-    let mut jobs = JoinSet::new();
-    let shutdown = shutdown_signal();
-    tokio::pin!(shutdown);
-
-    let stream_error = loop {
-        tokio::select! {
-            () = &mut shutdown => break None,
-            Some(_) = jobs.join_next(), if !jobs.is_empty() => {}
-            delivery = consumer.next() => match delivery {
-                Some(Ok(delivery)) => {
-                    let slot = Arc::clone(&slots).acquire_owned().await.expect("the semaphore is never closed");
-                    let context = Arc::clone(&context);
-                    jobs.spawn(async move {
-                        handle_delivery(context, delivery).await;
-                        drop(slot);
-                    });
-                }
-                Some(Err(error)) => break Some(error),
-                None => break None,
-            },
-        }
+/// Segments a small synthetic volume, so that a worker reports ready only once both networks
+/// have run.
+fn warm_up(segmenter: &mut Segmenter) -> anyhow::Result<()> {
+    let volume = CtVolume {
+        voxels: Array3::from_shape_fn((16, 16, 8), |(h, w, d)| ((h * 7 + w * 3 + d) % 40) as f32 * 10.0),
+        non_mdc_mean: 200.0,
+        non_mdc_var: 900.0,
     };
+    let segmentation = segmenter.segment(&volume, false)?;
+    anyhow::ensure!(
+        segmentation.pred_3d.dim() == (16, 16, 8),
+        "test inference returned the wrong shape"
+    );
+    Ok(())
+}
 
-    tracing::info!(jobs_in_flight = jobs.len(), "stopping: no new jobs will be taken");
-    let _ = consume_channel
-        .basic_cancel(consumer_tag.as_str().into(), BasicCancelOptions::default())
-        .await;
-    drain(&mut jobs, Duration::from_secs(args.shutdown_grace_seconds)).await;
+/// One connection to the broker with its consuming and publishing channels.
+struct Session {
+    connection: Connection,
+    channel: Channel,
+    consumer: Consumer,
+    consumer_tag: String,
+    publisher: Publisher,
+}
 
-    let _ = consume_channel.close(200, "worker stopping".into()).await;
-    let _ = connection.close(200, "worker stopping".into()).await;
+enum SessionEnd {
+    Shutdown,
+    Lost(String),
+}
 
-    match stream_error {
-        Some(error) => Err(anyhow::Error::new(error).context("job consumer failed")),
-        None => {
-            tracing::info!("worker stopped");
-            Ok(())
+impl Session {
+    async fn open(args: &WorkerArgs) -> Result<Self, QueueError> {
+        let topology = &args.broker.topology;
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let name = format!("thrombseg-worker-{}-{}", std::process::id(), &id[..12]);
+        let connection = queue::connect(&args.broker.connection_url(), &name).await?;
+        let channel = connection.create_channel().await.map_err(|source| QueueError::Broker {
+            operation: "open a channel",
+            source,
+        })?;
+        queue::declare(&channel, topology).await?;
+
+        let publishing = connection.create_channel().await.map_err(|source| QueueError::Broker {
+            operation: "open a channel",
+            source,
+        })?;
+        let publisher = Publisher::new(publishing, &topology.status_exchange).await?;
+
+        let consumer_tag = format!("thrombseg-{id}");
+        let consumer = queue::consume(&channel, &topology.job_queue, args.jobs_in_flight, &consumer_tag).await?;
+        Ok(Self {
+            connection,
+            channel,
+            consumer,
+            consumer_tag,
+            publisher,
+        })
+    }
+
+    /// Takes deliveries until shutdown or until the connection is lost.
+    async fn consume(
+        &mut self,
+        context: &Arc<JobContext>,
+        slots: &Arc<Semaphore>,
+        jobs: &mut JoinSet<()>,
+        shutdown: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+    ) -> SessionEnd {
+        loop {
+            tokio::select! {
+                () = shutdown.as_mut() => return SessionEnd::Shutdown,
+                Some(_) = jobs.join_next(), if !jobs.is_empty() => {}
+                delivery = self.consumer.next() => match delivery {
+                    Some(Ok(delivery)) => {
+                        let slot = Arc::clone(slots).acquire_owned().await.expect("the semaphore is never closed");
+                        let context = Arc::clone(context);
+                        let publisher = self.publisher.clone();
+                        jobs.spawn(async move {
+                            handle_delivery(context, publisher, delivery).await;
+                            drop(slot);
+                        });
+                    }
+                    Some(Err(error)) => return SessionEnd::Lost(error.to_string()),
+                    None => return SessionEnd::Lost("the consumer was cancelled or its channel closed".into()),
+                },
+            }
         }
+    }
+
+    async fn cancel(&self) {
+        let _ = self
+            .channel
+            .basic_cancel(self.consumer_tag.as_str().into(), BasicCancelOptions::default())
+            .await;
+    }
+
+    async fn close(self) {
+        let _ = self.channel.close(200, "worker stopping".into()).await;
+        let _ = self.connection.close(200, "worker stopping".into()).await;
     }
 }
 
-/// Waits for jobs in flight up to `grace`; jobs still running then are dropped, and the broker
-/// requeues their unacknowledged deliveries when the channel closes.
+/// Waits for jobs in flight up to `grace`. Jobs still running then are dropped unsettled, and
+/// the broker requeues their messages when the channel closes.
 async fn drain(jobs: &mut JoinSet<()>, grace: Duration) {
     let finished = tokio::time::timeout(grace, async { while jobs.join_next().await.is_some() {} }).await;
     if finished.is_err() {

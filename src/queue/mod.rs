@@ -35,6 +35,16 @@ pub struct Topology {
     /// Queue that keeps rejected jobs for inspection.
     #[arg(long, env = "THROMBSEG_DEAD_LETTER_QUEUE", default_value = "thrombseg.jobs.dead")]
     pub dead_letter_queue: String,
+
+    /// Delay queue for jobs waiting to be retried: each message waits out its own TTL, then
+    /// the broker moves it back to the job queue.
+    #[arg(long, env = "THROMBSEG_RETRY_QUEUE", default_value = "thrombseg.jobs.retry")]
+    pub retry_queue: String,
+
+    /// Deliveries of one job message after which the broker dead-letters it, even if no worker
+    /// ever settled it (a job that crashes every worker that takes it).
+    #[arg(long, env = "THROMBSEG_DELIVERY_LIMIT", default_value_t = 5)]
+    pub delivery_limit: u32,
 }
 
 /// Why a broker operation failed.
@@ -56,9 +66,11 @@ fn broker(operation: &'static str) -> impl FnOnce(lapin::Error) -> QueueError {
     move |source| QueueError::Broker { operation, source }
 }
 
-/// Opens a connection. The URL may carry credentials and is never logged.
-pub async fn connect(amqp_url: &str) -> Result<Connection, QueueError> {
-    Connection::connect(amqp_url, ConnectionProperties::default())
+/// Opens a connection named `name` (shown by `rabbitmqctl list_connections`). The URL may
+/// carry credentials and is never logged.
+pub async fn connect(amqp_url: &str, name: &str) -> Result<Connection, QueueError> {
+    let properties = ConnectionProperties::default().with_connection_name(name.into());
+    Connection::connect(amqp_url, properties)
         .await
         .map_err(broker("connect"))
 }
@@ -108,10 +120,27 @@ pub async fn declare(channel: &Channel, topology: &Topology) -> Result<(), Queue
         "x-dead-letter-exchange".into(),
         AMQPValue::LongString(topology.dead_letter_exchange.as_str().into()),
     );
+    job_arguments.insert(
+        "x-delivery-limit".into(),
+        AMQPValue::LongLongInt(i64::from(topology.delivery_limit)),
+    );
     channel
         .queue_declare(topology.job_queue.as_str().into(), durable_queue, job_arguments)
         .await
         .map_err(broker("declare the job queue"))?;
+
+    // A classic queue, because a message's TTL must send it back as soon as it reaches the
+    // head; expired messages go through the default exchange to the job queue.
+    let mut retry_arguments = FieldTable::default();
+    retry_arguments.insert("x-dead-letter-exchange".into(), AMQPValue::LongString("".into()));
+    retry_arguments.insert(
+        "x-dead-letter-routing-key".into(),
+        AMQPValue::LongString(topology.job_queue.as_str().into()),
+    );
+    channel
+        .queue_declare(topology.retry_queue.as_str().into(), durable_queue, retry_arguments)
+        .await
+        .map_err(broker("declare the retry queue"))?;
 
     channel
         .exchange_declare(

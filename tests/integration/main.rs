@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod cli;
+mod delivery;
 mod golden;
 mod support;
 mod worker;

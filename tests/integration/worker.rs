@@ -166,7 +166,7 @@ async fn bad_jobs_get_errors_and_worker_continues() {
     )
     .await;
 
-    let envelopes = broker::collect_messages(&channel, &topology.status_queue, 3, Duration::from_secs(300)).await;
+    let envelopes = broker::collect_messages(&connection, &topology.status_queue, 3, Duration::from_secs(300)).await;
     let envelopes: Vec<Value> = envelopes
         .iter()
         .map(|m| serde_json::from_slice(&m.data).unwrap())
@@ -217,7 +217,7 @@ async fn bad_jobs_get_errors_and_worker_continues() {
         0,
         "every job was settled"
     );
-    let dead = broker::collect_messages(&channel, &topology.dead_letter_queue, 3, Duration::from_secs(10)).await;
+    let dead = broker::collect_messages(&connection, &topology.dead_letter_queue, 3, Duration::from_secs(10)).await;
     assert_eq!(
         dead.len(),
         3,

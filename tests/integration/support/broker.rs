@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use lapin::options::{
-    BasicConsumeOptions, BasicPublishOptions, ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ExchangeDeleteOptions,
+    QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
@@ -22,6 +23,7 @@ pub struct TestTopology {
     pub status_queue: String,
     pub dead_letter_exchange: String,
     pub dead_letter_queue: String,
+    pub retry_queue: String,
 }
 
 impl TestTopology {
@@ -33,6 +35,7 @@ impl TestTopology {
             status_queue: format!("{base}.status"),
             dead_letter_exchange: format!("{base}.dead"),
             dead_letter_queue: format!("{base}.jobs.dead"),
+            retry_queue: format!("{base}.jobs.retry"),
         }
     }
 
@@ -45,12 +48,18 @@ impl TestTopology {
             ("THROMBSEG_STATUS_QUEUE", self.status_queue.clone()),
             ("THROMBSEG_DEAD_LETTER_EXCHANGE", self.dead_letter_exchange.clone()),
             ("THROMBSEG_DEAD_LETTER_QUEUE", self.dead_letter_queue.clone()),
+            ("THROMBSEG_RETRY_QUEUE", self.retry_queue.clone()),
         ]
     }
 
     /// Deletes every queue and exchange of the topology.
     pub async fn delete(&self, channel: &Channel) {
-        for queue in [&self.job_queue, &self.status_queue, &self.dead_letter_queue] {
+        for queue in [
+            &self.job_queue,
+            &self.status_queue,
+            &self.dead_letter_queue,
+            &self.retry_queue,
+        ] {
             let _ = channel
                 .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
                 .await;
@@ -85,21 +94,22 @@ pub async fn publish_job(channel: &Channel, topology: &TestTopology, body: &[u8]
         .unwrap();
 }
 
-/// Reads messages from `queue` until `count` have arrived or `timeout` passes.
+/// Takes up to `count` messages from `queue` within `timeout`, acking each one taken. It reads
+/// on a channel of its own with a small prefetch and closes it at the end, so that messages it
+/// did not take go back to the queue for the next call.
 pub async fn collect_messages(
-    channel: &Channel,
+    connection: &Connection,
     queue: &str,
     count: usize,
     timeout: Duration,
 ) -> Vec<lapin::message::Delivery> {
+    let channel = connection.create_channel().await.unwrap();
+    channel.basic_qos(1, BasicQosOptions::default()).await.unwrap();
     let mut consumer = channel
         .basic_consume(
             queue.into(),
             "".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..BasicConsumeOptions::default()
-            },
+            BasicConsumeOptions::default(),
             FieldTable::default(),
         )
         .await
@@ -109,10 +119,14 @@ pub async fn collect_messages(
     while messages.len() < count {
         let remaining = deadline.saturating_duration_since(Instant::now());
         match tokio::time::timeout(remaining, consumer.next()).await {
-            Ok(Some(Ok(delivery))) => messages.push(delivery),
+            Ok(Some(Ok(delivery))) => {
+                delivery.ack(BasicAckOptions::default()).await.unwrap();
+                messages.push(delivery);
+            }
             _ => break,
         }
     }
+    let _ = channel.close(200, "collected".into()).await;
     messages
 }
 
@@ -136,6 +150,8 @@ pub async fn ready_count(channel: &Channel, queue: &str) -> u32 {
 pub struct WorkerProcess {
     child: Child,
     logs: Arc<Mutex<Vec<String>>>,
+    /// Address of its /metrics, /healthz and /readyz listener.
+    pub metrics_address: String,
 }
 
 impl WorkerProcess {
@@ -145,9 +161,10 @@ impl WorkerProcess {
         command
             .arg("worker")
             .envs(topology.environment())
-            .envs(extra_env.iter().map(|(k, v)| (*k, v.as_str())))
             .env("ORT_DYLIB_PATH", super::onnxruntime_library())
             .env("THROMBSEG_INTRA_THREADS", "2")
+            .env("THROMBSEG_METRICS_ADDRESS", "127.0.0.1:0")
+            .envs(extra_env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         let mut child = command.spawn().expect("the worker starts");
@@ -161,9 +178,68 @@ impl WorkerProcess {
             }
         });
 
-        let worker = Self { child, logs };
+        let mut worker = Self {
+            child,
+            logs,
+            metrics_address: String::new(),
+        };
         worker.wait_for_log("consuming jobs", Duration::from_secs(120));
+        worker.metrics_address = worker
+            .logs
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|line| line.contains("serving /metrics"))
+            .and_then(|line| line.split("address=").nth(1))
+            .map(|rest| rest.split_whitespace().next().unwrap_or_default().to_owned())
+            .expect("the worker logs its metrics address");
         worker
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Kills the process with SIGKILL, as a node failure would.
+    pub fn kill_hard(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// Fetches a path of the worker's HTTP listener; returns the status and the body.
+    pub async fn http_get(&self, path: &str) -> (u16, String) {
+        let response = reqwest::get(format!("http://{}{path}", self.metrics_address))
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.text().await.unwrap())
+    }
+
+    /// Closes this worker's broker connections from the broker's side.
+    pub fn close_broker_connections(&self) -> usize {
+        let listing = Command::new("rabbitmqctl")
+            .args([
+                "list_connections",
+                "--no-table-headers",
+                "--quiet",
+                "pid",
+                "client_properties",
+            ])
+            .output()
+            .expect("rabbitmqctl runs");
+        let listing = String::from_utf8_lossy(&listing.stdout);
+        let marker = format!("thrombseg-worker-{}-", self.pid());
+        let mut closed = 0;
+        for line in listing.lines().filter(|line| line.contains(&marker)) {
+            let pid = line.split('\t').next().unwrap_or_default();
+            let status = Command::new("rabbitmqctl")
+                .args(["close_connection", pid, "closed by the broker-loss test"])
+                .status()
+                .unwrap();
+            assert!(status.success(), "rabbitmqctl close_connection {pid}");
+            closed += 1;
+        }
+        closed
     }
 
     /// Waits until a log line contains `needle`; panics with the logs after `timeout`.

@@ -3,6 +3,7 @@
 
 pub mod archives;
 pub mod broker;
+pub mod proxy;
 pub mod seaweedfs;
 
 use std::path::{Path, PathBuf};
@@ -49,6 +50,23 @@ pub fn default_segmenter() -> Segmenter {
         intra_threads: 0,
     };
     Segmenter::load(&fixture("models"), &options).expect("the committed bundle loads")
+}
+
+/// Copies the default bundle with windows of 32 x 32 x 16 (3-D) and 32 x 32 (2-D), so that a
+/// small volume takes milliseconds: for tests of delivery, not of results.
+pub fn tiny_bundle() -> tempfile::TempDir {
+    let dir = temp_dir();
+    for entry in std::fs::read_dir(fixture("models")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
+    }
+    let manifest_path = dir.path().join("bundle.json");
+    let mut manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(&manifest_path).unwrap()).unwrap();
+    manifest["version"] = "tiny-windows".into();
+    manifest["networks"]["3d"]["roi_size"] = serde_json::json!([32, 32, 16]);
+    manifest["networks"]["2d"]["roi_size"] = serde_json::json!([32, 32]);
+    std::fs::write(&manifest_path, serde_json::to_vec_pretty(&manifest).unwrap()).unwrap();
+    dir
 }
 
 /// A fresh temporary folder, removed when dropped.

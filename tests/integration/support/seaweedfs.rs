@@ -19,6 +19,7 @@ const SECRET_KEY: &str = "thrombseg-test-secret-4f1b6a";
 
 pub struct SeaweedFs {
     pub endpoint: String,
+    pub port: u16,
     _data: tempfile::TempDir,
     _wrapper: Mutex<(Child, ChildStdin)>,
 }
@@ -30,12 +31,18 @@ pub fn shared() -> &'static SeaweedFs {
 }
 
 impl SeaweedFs {
-    /// An S3 client for the server, with path-style addressing.
+    /// Returns an S3 client for the server, with path-style addressing.
     pub fn client(&self) -> aws_sdk_s3::Client {
+        self.client_via(&self.endpoint)
+    }
+
+    /// Returns an S3 client that reaches the server through `endpoint`, such as a proxy; its
+    /// pre-signed URLs name that endpoint.
+    pub fn client_via(&self, endpoint: &str) -> aws_sdk_s3::Client {
         let config = aws_sdk_s3::Config::builder()
             .behavior_version(BehaviorVersion::latest())
             .region(Region::new("us-east-1"))
-            .endpoint_url(&self.endpoint)
+            .endpoint_url(endpoint)
             .credentials_provider(Credentials::new(ACCESS_KEY, SECRET_KEY, None, None, "tests"))
             .force_path_style(true)
             .build();
@@ -106,6 +113,7 @@ fn start() -> SeaweedFs {
 
     let server = SeaweedFs {
         endpoint: format!("http://127.0.0.1:{s3}"),
+        port: s3,
         _data: data,
         _wrapper: Mutex::new((child, stdin)),
     };
