@@ -221,7 +221,8 @@ async fn finish(
 
     match error {
         None => {
-            tracing::info!(stages = ?envelope.stages, "job succeeded");
+            let stages = serde_json::to_string(&envelope.stages).unwrap_or_default();
+            tracing::info!(%stages, "job succeeded");
             settle(delivery, Settlement::Ack).await;
             Some((Outcome::Ok, None))
         }

@@ -29,6 +29,10 @@ pub enum Command {
     /// Consume jobs from RabbitMQ until SIGTERM or Ctrl-C.
     Worker(worker::WorkerArgs),
     /// Upload a volume to S3, enqueue a job for it, wait for the result and download it.
+    ///
+    /// The S3 endpoint, region and keys come from AWS_ENDPOINT_URL, AWS_REGION,
+    /// AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY. Exit codes: 0 for an OK envelope, 2 for
+    /// bad input, 1 for anything else.
     Submit(submit::SubmitArgs),
 }
 

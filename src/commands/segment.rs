@@ -19,7 +19,8 @@ pub struct SegmentArgs {
     /// Input .npz with `volume`, `non_mdc_mean` and `non_mdc_var`.
     pub input: PathBuf,
 
-    /// Output .npz for `pred_2d` and `pred_3d`; written only when the job succeeds.
+    /// Output .npz for `pred_2d` and `pred_3d`; written only when the job succeeds. Exit codes:
+    /// 0 on success, 2 for input that cannot be segmented, 1 for anything else.
     pub output: PathBuf,
 
     /// Also write both branches' logits and the 3-D scores.
@@ -31,6 +32,11 @@ pub struct SegmentArgs {
 }
 
 pub fn run(args: SegmentArgs) -> ExitCode {
+    if let Err(message) = check_paths(&args) {
+        eprintln!("error: {message}");
+        return ExitCode::from(EXIT_BAD_INPUT);
+    }
+
     let job_id = args
         .input
         .file_name()
@@ -103,6 +109,21 @@ fn segment_file(
     stages.encode = Some(started.elapsed().as_secs_f64());
 
     Ok(segmentation.explain.map(|explain| explain.scores))
+}
+
+/// Checks that the input is a readable file and the output's folder exists, so that a typo
+/// fails before the model loads and runs.
+fn check_paths(args: &SegmentArgs) -> Result<(), String> {
+    std::fs::File::open(&args.input).map_err(|e| format!("cannot read input {}: {e}", args.input.display()))?;
+    let folder = args
+        .output
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    if !folder.is_dir() {
+        return Err(format!("output folder {} does not exist", folder.display()));
+    }
+    Ok(())
 }
 
 /// Writes `bytes` to a temporary file beside `path`, then renames it, so that `path` either

@@ -110,12 +110,10 @@ async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
         .uri()
         .to_owned();
 
-    let envelope = enqueue_and_wait(&args, &job_id, &input_url, &output_url).await?;
-    let status = envelope
-        .get("status")
-        .and_then(|s| s.as_str())
-        .unwrap_or_default()
-        .to_owned();
+    let raw_envelope = enqueue_and_wait(&args, &job_id, &input_url, &output_url).await?;
+    let envelope: serde_json::Value = serde_json::from_str(&raw_envelope).context("the status envelope is not JSON")?;
+    let status = envelope["status"].as_str().unwrap_or_default();
+    let error_kind = envelope["error"]["kind"].as_str().unwrap_or_default();
 
     if status == "OK" {
         let result = s3
@@ -129,21 +127,22 @@ async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
         std::fs::write(&args.output, &bytes).with_context(|| format!("write {}", args.output.display()))?;
     }
 
-    println!("{envelope}");
-    Ok(if status == "OK" {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
+    println!("{raw_envelope}");
+    Ok(match (status, error_kind) {
+        ("OK", _) => ExitCode::SUCCESS,
+        (_, "bad_input") => ExitCode::from(2),
+        _ => ExitCode::FAILURE,
     })
 }
 
-/// Publishes the job with a private reply queue and returns the envelope that answers it.
+/// Publishes the job with a private reply queue and returns the envelope that answers it, as
+/// received.
 async fn enqueue_and_wait(
     args: &SubmitArgs,
     job_id: &str,
     input_url: &str,
     output_url: &str,
-) -> anyhow::Result<serde_json::Value> {
+) -> anyhow::Result<String> {
     let connection = queue::connect(&args.broker.amqp_url.0, &format!("thrombseg-submit-{job_id}")).await?;
     let channel = connection.create_channel().await?;
     queue::declare(&channel, &args.broker.topology).await?;
@@ -206,14 +205,19 @@ async fn enqueue_and_wait(
             let delivery = delivery?;
             let correlation = delivery.properties.correlation_id().as_ref().map(|id| id.as_str());
             if correlation == Some(job_id) {
-                return Ok(serde_json::from_slice(&delivery.data)?);
+                return Ok(String::from_utf8_lossy(&delivery.data).into_owned());
             }
         }
         bail!("the broker closed the reply queue before the job's status arrived")
     };
     let envelope = tokio::time::timeout(Duration::from_secs(args.timeout_seconds), wait)
         .await
-        .with_context(|| format!("no status for job {job_id} within {} s", args.timeout_seconds))??;
+        .with_context(|| {
+            format!(
+                "no status for job {job_id} within {} s; is a worker consuming {}? The job stays queued",
+                args.timeout_seconds, args.broker.topology.job_queue
+            )
+        })??;
 
     let _ = connection.close(200, "submit done".into()).await;
     Ok(envelope)

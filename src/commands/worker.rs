@@ -238,15 +238,15 @@ impl Session {
         let id = uuid::Uuid::new_v4().simple().to_string();
         let name = format!("thrombseg-worker-{}-{}", std::process::id(), &id[..12]);
         let connection = queue::connect(&args.broker.connection_url(), &name).await?;
-        let channel = connection.create_channel().await.map_err(|source| QueueError::Broker {
+        let channel = connection.create_channel().await.map_err(|cause| QueueError::Broker {
             operation: "open a channel",
-            source,
+            cause,
         })?;
         queue::declare(&channel, topology).await?;
 
-        let publishing = connection.create_channel().await.map_err(|source| QueueError::Broker {
+        let publishing = connection.create_channel().await.map_err(|cause| QueueError::Broker {
             operation: "open a channel",
-            source,
+            cause,
         })?;
         let publisher = Publisher::new(publishing, &topology.status_exchange).await?;
 

@@ -23,8 +23,8 @@ pub struct Topology {
     #[arg(long, env = "THROMBSEG_STATUS_EXCHANGE", default_value = "thrombseg.status")]
     pub status_exchange: String,
 
-    /// Durable queue bound to the status exchange, so that no envelope is dropped for lack of
-    /// a consumer.
+    /// Durable quorum queue bound to the status exchange, so that no envelope is dropped for
+    /// lack of a consumer.
     #[arg(long, env = "THROMBSEG_STATUS_QUEUE", default_value = "thrombseg.status")]
     pub status_queue: String,
 
@@ -50,11 +50,12 @@ pub struct Topology {
 /// Why a broker operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
-    #[error("broker: {operation} failed: {source}")]
+    // The source is part of the message and not chained, so that a printed chain does not
+    // repeat it.
+    #[error("broker: {operation} failed: {cause}")]
     Broker {
         operation: &'static str,
-        #[source]
-        source: lapin::Error,
+        cause: lapin::Error,
     },
     #[error("broker: {target} returned the envelope as unroutable ({reply_text})")]
     Returned { target: String, reply_text: String },
@@ -63,7 +64,7 @@ pub enum QueueError {
 }
 
 fn broker(operation: &'static str) -> impl FnOnce(lapin::Error) -> QueueError {
-    move |source| QueueError::Broker { operation, source }
+    move |cause| QueueError::Broker { operation, cause }
 }
 
 /// Opens a connection named `name` (shown by `rabbitmqctl list_connections`). The URL may

@@ -25,8 +25,10 @@ pub struct CtVolume {
 /// Reasons an input archive cannot be segmented. Every variant names the archive key at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum VolumeError {
-    #[error("input is not a valid npz (zip) archive: {0}")]
-    NotZip(#[source] zip::result::ZipError),
+    #[error("input is not a valid npz (zip) archive; it may be truncated ({0})")]
+    NotZip(zip::result::ZipError),
+    #[error("input is a single .npy array, not an .npz archive; save it with numpy.savez")]
+    NpyNotNpz,
     #[error("input is missing the key `{key}` (expected `volume`, `non_mdc_mean` and `non_mdc_var`)")]
     MissingKey { key: &'static str },
     #[error("`{key}`: archive member is corrupt: {error}")]
@@ -39,13 +41,15 @@ pub enum VolumeError {
     Header { key: &'static str, reason: String },
     #[error("`{key}`: dtype {dtype} is not an integer or float type of 8 to 64 bits")]
     UnsupportedDtype { key: &'static str, dtype: String },
-    #[error("`{key}`: shape {shape} has more elements than the limit of {limit}")]
+    #[error(
+        "`{key}`: shape {shape} has more elements than the limit of {limit}; raise --max-voxels (THROMBSEG_MAX_VOXELS) to accept it"
+    )]
     TooLarge {
         key: &'static str,
         shape: String,
         limit: u64,
     },
-    #[error("`{key}`: header promises {expected} data bytes for shape {shape}, but the archive member holds {actual}")]
+    #[error("`{key}`: header declares {expected} data bytes for shape {shape}, but the archive member holds {actual}")]
     SizeMismatch {
         key: &'static str,
         shape: String,
@@ -59,9 +63,9 @@ pub enum VolumeError {
     #[error("`volume`: shape {shape} has an empty axis")]
     EmptyAxis { shape: String },
     #[error(
-        "`volume`: {count} values are NaN or infinite (first at flat index {first_index}); the volume must hold finite numbers"
+        "`volume`: {count} values are NaN or infinite (the first at index {first_index}); the volume must hold finite numbers"
     )]
-    NotFinite { count: usize, first_index: usize },
+    NotFinite { count: usize, first_index: String },
     #[error("`{key}`: expected a single number, got shape {shape}")]
     NotScalar { key: &'static str, shape: String },
     #[error("`{key}`: {reason}")]

@@ -44,6 +44,9 @@ impl Default for ReadLimits {
 
 /// Parses an input archive held in memory.
 pub fn read_npz(bytes: &[u8], limits: ReadLimits) -> Result<CtVolume, VolumeError> {
+    if bytes.starts_with(b"\x93NUMPY") {
+        return Err(VolumeError::NpyNotNpz);
+    }
     let mut archive = ZipArchive::new(Cursor::new(bytes)).map_err(VolumeError::NotZip)?;
 
     let volume = read_volume(&mut archive, limits)?;
@@ -89,7 +92,7 @@ fn read_volume(archive: &mut ZipArchive<Cursor<&[u8]>>, limits: ReadLimits) -> R
         let count = values.iter().filter(|v| !v.is_finite()).count();
         return Err(VolumeError::NotFinite {
             count,
-            first_index: index,
+            first_index: format_index(index, &shape, array.layout.is_fortran()),
         });
     }
 
@@ -349,6 +352,22 @@ impl Elements {
             other => other.into_f32().into_iter().map(f64::from).collect(),
         }
     }
+}
+
+/// Formats the position of the `flat`-th stored element as `(h, w, d)`.
+fn format_index(flat: usize, shape: &[usize], fortran_order: bool) -> String {
+    let mut remaining = flat;
+    let mut index = vec![0; shape.len()];
+    let axes: Vec<usize> = if fortran_order {
+        (0..shape.len()).collect()
+    } else {
+        (0..shape.len()).rev().collect()
+    };
+    for axis in axes {
+        index[axis] = remaining % shape[axis];
+        remaining /= shape[axis];
+    }
+    format_shape(&index)
 }
 
 /// Formats a shape the way NumPy prints it: `(64, 64)`, `(3,)`, `()`.

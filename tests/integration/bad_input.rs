@@ -89,10 +89,17 @@ fn not_a_zip() {
 }
 
 #[test]
+fn npy_instead_of_npz() {
+    let bytes = npy_bytes(&Array3::<i16>::zeros((2, 2, 2)));
+
+    assert_error_mentions(&bytes, &[".npy array, not an .npz", "numpy.savez"]);
+}
+
+#[test]
 fn truncated_archive() {
     let bytes = valid_npz(&Array3::<i16>::zeros((8, 8, 8)), 250.0, 1000.0);
 
-    assert_error_mentions(&bytes[..bytes.len() / 2], &["npz"]);
+    assert_error_mentions(&bytes[..bytes.len() / 2], &["not a valid npz", "truncated"]);
 }
 
 #[test]
@@ -157,7 +164,7 @@ fn nan_and_infinite_values() {
 
     assert_error_mentions(
         &valid_npz(&volume, 250.0, 1000.0),
-        &["`volume`", "2 values are NaN or infinite", "flat index 2"],
+        &["`volume`", "2 values are NaN or infinite", "index (0, 1, 0)"],
     );
 }
 
@@ -212,7 +219,7 @@ fn header_promising_more_data_than_stored() {
 
     assert_error_mentions(
         &with_volume_member(npy),
-        &["`volume`", "promises 200000000 data bytes", "holds 16"],
+        &["`volume`", "declares 200000000 data bytes", "holds 16"],
     );
 }
 
@@ -227,6 +234,7 @@ fn volume_over_voxel_limit() {
     assert!(error.contains("`volume`"), "{error}");
     assert!(error.contains("(10, 10, 10)"), "{error}");
     assert!(error.contains("limit of 999"), "{error}");
+    assert!(error.contains("--max-voxels"), "{error}");
 }
 
 #[test]

@@ -10,7 +10,7 @@ use lapin::BasicProperties;
 use ndarray::Array3;
 use serde_json::Value;
 
-use crate::support::archives::{read_member, valid_npz};
+use crate::support::archives::{npy_bytes, read_member, valid_npz, zip_of};
 use crate::support::broker::{self, TestTopology, WorkerProcess};
 use crate::support::proxy::{FaultProxy, FaultRule};
 use crate::support::seaweedfs::{self, BUCKET};
@@ -49,6 +49,24 @@ async fn stage(s3: &aws_sdk_s3::Client, key: &str, bytes: Vec<u8>, expiry: Durat
         .await
         .unwrap();
     (get.uri().to_owned(), put.uri().to_owned())
+}
+
+/// One of several kinds of input that can never be segmented.
+fn bad_input(index: usize) -> Vec<u8> {
+    match index % 5 {
+        0 => valid_npz(&Array3::<i16>::zeros((4, 4, 4)), 40.0, -1.0),
+        1 => b"not a zip archive".to_vec(),
+        2 => {
+            let flat = ndarray::Array2::<i16>::zeros((8, 8));
+            zip_of(&[
+                ("volume.npy", npy_bytes(&flat)),
+                ("non_mdc_mean.npy", npy_bytes(&ndarray::arr0(40.0))),
+                ("non_mdc_var.npy", npy_bytes(&ndarray::arr0(400.0))),
+            ])
+        }
+        3 => zip_of(&[("volume.npy", npy_bytes(&Array3::<i16>::zeros((4, 4, 4))))]),
+        _ => valid_npz(&Array3::from_elem((4, 4, 4), f32::NAN), 40.0, 400.0),
+    }
 }
 
 fn job_body(job_id: &str, input: &str, output: &str) -> Vec<u8> {
@@ -194,7 +212,6 @@ async fn storage_faults_are_retried_or_settled() {
     assert_eq!(ready, 200, "{body}");
 
     assert!(worker.terminate().success());
-    topology.delete(&channel).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -243,7 +260,6 @@ async fn killed_worker_job_completes_elsewhere() {
     assert_eq!(broker::ready_count(&channel, &topology.job_queue).await, 0);
 
     assert!(second.terminate().success());
-    topology.delete(&channel).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -306,7 +322,6 @@ async fn worker_resumes_after_broker_loss() {
     assert_eq!(ready, 200, "{body}");
 
     assert!(worker.terminate().success());
-    topology.delete(&channel).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -341,7 +356,6 @@ async fn sigterm_lets_job_in_flight_finish() {
         0,
         "the job was acked before exit"
     );
-    topology.delete(&channel).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -368,7 +382,7 @@ async fn load_run_with_faults_loses_nothing() {
         let bytes = if index < GOOD_JOBS {
             small_volume_npz(index)
         } else {
-            valid_npz(&Array3::<i16>::zeros((4, 4, 4)), 40.0, -1.0)
+            bad_input(index)
         };
         let (input, output) = stage(&s3, &format!("{prefix}/{job_id}.npz"), bytes, hour).await;
         broker::publish_job(
@@ -454,5 +468,4 @@ async fn load_run_with_faults_loses_nothing() {
     for worker in workers {
         assert!(worker.terminate().success());
     }
-    topology.delete(&channel).await;
 }

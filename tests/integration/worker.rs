@@ -106,7 +106,6 @@ async fn atlas_job_through_submit_matches_monai() {
     assert_no_presigned_queries(&worker.logs());
 
     assert!(worker.terminate().success(), "worker exits 0 on SIGTERM");
-    topology.delete(&channel).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -226,5 +225,4 @@ async fn bad_jobs_get_errors_and_worker_continues() {
     assert_no_presigned_queries(&worker.logs());
 
     assert!(worker.terminate().success(), "worker exits 0 on SIGTERM");
-    topology.delete(&channel).await;
 }

@@ -51,24 +51,46 @@ impl TestTopology {
             ("THROMBSEG_RETRY_QUEUE", self.retry_queue.clone()),
         ]
     }
+}
 
-    /// Deletes every queue and exchange of the topology.
-    pub async fn delete(&self, channel: &Channel) {
-        for queue in [
+impl Drop for TestTopology {
+    /// Deletes every queue and exchange of the topology, also when the test failed. It runs on
+    /// a thread of its own because a test's async runtime may be shutting down.
+    fn drop(&mut self) {
+        let queues = [
             &self.job_queue,
             &self.status_queue,
             &self.dead_letter_queue,
             &self.retry_queue,
-        ] {
-            let _ = channel
-                .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-                .await;
-        }
-        for exchange in [&self.status_exchange, &self.dead_letter_exchange] {
-            let _ = channel
-                .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
-                .await;
-        }
+        ]
+        .map(|q| q.clone());
+        let exchanges = [&self.status_exchange, &self.dead_letter_exchange].map(|e| e.clone());
+        let cleanup = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                let Ok(connection) = Connection::connect(AMQP_URL, ConnectionProperties::default()).await else {
+                    return;
+                };
+                let Ok(channel) = connection.create_channel().await else {
+                    return;
+                };
+                for queue in &queues {
+                    let _ = channel
+                        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                        .await;
+                }
+                for exchange in &exchanges {
+                    let _ = channel
+                        .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
+                        .await;
+                }
+                let _ = connection.close(200, "test topology deleted".into()).await;
+            });
+        });
+        let _ = cleanup.join();
     }
 }
 
