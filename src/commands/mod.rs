@@ -1,5 +1,6 @@
 //! The command line: one subcommand per use, each a thin wiring of the pipeline's stages.
 
+mod bench;
 mod segment;
 mod submit;
 mod worker;
@@ -26,6 +27,8 @@ pub struct Cli {
 pub enum Command {
     /// Segment a local .npz volume and write the masks; prints the status envelope.
     Segment(segment::SegmentArgs),
+    /// Time whole jobs on local files, stage by stage, with GFLOP/s and peak memory.
+    Bench(bench::BenchArgs),
     /// Consume jobs from RabbitMQ until SIGTERM or Ctrl-C.
     Worker(worker::WorkerArgs),
     /// Upload a volume to S3, enqueue a job for it, wait for the result and download it.
@@ -40,6 +43,7 @@ pub enum Command {
 pub fn run(cli: Cli) -> ExitCode {
     crate::telemetry::init(cli.log_format);
     match cli.command {
+        Command::Bench(args) => bench::run(args),
         Command::Segment(args) => segment::run(args),
         Command::Worker(args) => worker::run(args),
         Command::Submit(args) => submit::run(args),

@@ -60,6 +60,13 @@ impl AxisPlan {
     }
 }
 
+/// Returns the number of windows [`sliding_window_inference`] runs over an image of `size`.
+pub fn window_count(size: [usize; 3], roi: [usize; 3], overlap: f32) -> usize {
+    (0..3)
+        .map(|axis| AxisPlan::new(size[axis], roi[axis], overlap).starts.len())
+        .product()
+}
+
 /// Runs `network` over every window of `image` and returns the blended logits, shape
 /// (channels, H, W, D).
 ///
@@ -191,6 +198,13 @@ mod tests {
         assert_eq!(AxisPlan::new(72, 64, 0.25).starts, vec![0, 8]);
         assert_eq!(AxisPlan::new(600, 256, 0.25).starts, vec![0, 192, 344]);
         assert_eq!(AxisPlan::new(100, 64, 0.5).starts, vec![0, 32, 36]);
+    }
+
+    #[test]
+    fn window_count_multiplies_axes() {
+        assert_eq!(window_count([202, 202, 179], [256, 256, 64], 0.25), 4);
+        assert_eq!(window_count([202, 202, 179], [256, 256, 1], 0.25), 179);
+        assert_eq!(window_count([600, 264, 72], [256, 256, 64], 0.25), 3 * 2 * 2);
     }
 
     #[test]

@@ -163,3 +163,34 @@ fn segment_with_tampered_bundle_fails_hash_check() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("model_2d.onnx has SHA-256"), "{stderr}");
 }
+
+#[test]
+fn bench_reports_stages_work_and_memory() {
+    let output = Command::new(binary())
+        .args(["bench", "--repeat", "2", "--json"])
+        .arg(fixture("golden/small.input.npz"))
+        .env("ORT_DYLIB_PATH", onnxruntime_library())
+        .output()
+        .unwrap();
+
+    assert!(
+        output.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["shape"], serde_json::json!([40, 36, 20]));
+    assert_eq!(report["runs"], 2);
+    assert_eq!(report["branch_3d"]["windows"], 1, "one padded 3-D window");
+    assert_eq!(report["branch_2d"]["windows"], 20, "one window per axial slice");
+    let gflop_3d = report["branch_3d"]["gflop"].as_f64().unwrap();
+    assert!((gflop_3d - 146.23).abs() < 0.01, "{gflop_3d}");
+    assert!(report["branch_3d"]["gflop_per_second"].as_f64().unwrap() > 0.0);
+    assert!(report["median_seconds"]["infer_3d"].as_f64().unwrap() > 0.0);
+    let fraction = report["outside_networks_fraction"].as_f64().unwrap();
+    assert!((0.0..1.0).contains(&fraction), "{fraction}");
+    assert!(
+        report["peak_rss_bytes"].as_u64().unwrap() > 50_000_000,
+        "the networks alone need more"
+    );
+}
