@@ -4,8 +4,6 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use aws_sdk_s3::presigning::PresigningConfig;
-use aws_sdk_s3::primitives::ByteStream;
 use lapin::BasicProperties;
 use ndarray::Array3;
 use serde_json::Value;
@@ -13,7 +11,7 @@ use serde_json::Value;
 use crate::support::archives::{npy_bytes, read_member, valid_npz, zip_of};
 use crate::support::broker::{self, TestTopology, WorkerProcess};
 use crate::support::proxy::{FaultProxy, FaultRule};
-use crate::support::seaweedfs::{self, BUCKET};
+use crate::support::seaweedfs::{self, BUCKET, stage_job};
 use crate::support::{fixture, tiny_bundle, unique_name};
 
 /// A small volume that the tiny bundle segments in milliseconds.
@@ -24,31 +22,34 @@ fn small_volume_npz(seed: usize) -> Vec<u8> {
     valid_npz(&volume, 40.0, 400.0)
 }
 
-/// Uploads `bytes` under `key` and returns pre-signed GET and PUT URLs valid for `expiry`.
+/// Uploads `bytes` under `key` and returns pre-signed URLs to read it and to write `KEY.out`.
 async fn stage(s3: &aws_sdk_s3::Client, key: &str, bytes: Vec<u8>, expiry: Duration) -> (String, String) {
-    s3.put_object()
-        .bucket(BUCKET)
-        .key(key)
-        .body(ByteStream::from(bytes))
-        .send()
-        .await
-        .unwrap();
-    let config = PresigningConfig::expires_in(expiry).unwrap();
-    let get = s3
-        .get_object()
-        .bucket(BUCKET)
-        .key(key)
-        .presigned(config.clone())
-        .await
-        .unwrap();
-    let put = s3
-        .put_object()
-        .bucket(BUCKET)
-        .key(format!("{key}.out"))
-        .presigned(config)
-        .await
-        .unwrap();
-    (get.uri().to_owned(), put.uri().to_owned())
+    stage_job(s3, key, bytes, &format!("{key}.out"), expiry).await
+}
+
+/// Stages the example volume, starts a job for it and returns the broker connection and the
+/// key, once `worker` has received the job.
+async fn start_example_job(
+    s3: &aws_sdk_s3::Client,
+    topology: &TestTopology,
+    worker: &WorkerProcess,
+    job_id: &str,
+) -> (lapin::Connection, String) {
+    let key = format!("{}/example.npz", unique_name(job_id));
+    let example = std::fs::read(fixture("input_file_example.npz")).unwrap();
+    let (input, output) = stage(s3, &key, example, Duration::from_secs(3600)).await;
+
+    let connection = broker::connect().await;
+    let channel = connection.create_channel().await.unwrap();
+    broker::publish_job(
+        &channel,
+        topology,
+        &job_body(job_id, &input, &output),
+        BasicProperties::default(),
+    )
+    .await;
+    worker.wait_for_log("job received", Duration::from_secs(60));
+    (connection, key)
 }
 
 /// One of several kinds of input that can never be segmented.
@@ -220,20 +221,8 @@ async fn killed_worker_job_completes_elsewhere() {
     let s3 = storage.client();
     let topology = TestTopology::unique();
     let first = WorkerProcess::start(&topology, &[]);
-    let key = format!("{}/example.npz", unique_name("kill"));
-    let example = std::fs::read(fixture("input_file_example.npz")).unwrap();
-    let (input, output) = stage(&s3, &key, example, Duration::from_secs(3600)).await;
-
-    let connection = broker::connect().await;
+    let (connection, key) = start_example_job(&s3, &topology, &first, "survivor").await;
     let channel = connection.create_channel().await.unwrap();
-    broker::publish_job(
-        &channel,
-        &topology,
-        &job_body("survivor", &input, &output),
-        BasicProperties::default(),
-    )
-    .await;
-    first.wait_for_log("job received", Duration::from_secs(60));
     tokio::time::sleep(Duration::from_millis(500)).await;
     first.kill_hard();
 
@@ -330,20 +319,8 @@ async fn sigterm_lets_job_in_flight_finish() {
     let s3 = storage.client();
     let topology = TestTopology::unique();
     let worker = WorkerProcess::start(&topology, &[]);
-    let key = format!("{}/example.npz", unique_name("sigterm"));
-    let example = std::fs::read(fixture("input_file_example.npz")).unwrap();
-    let (input, output) = stage(&s3, &key, example, Duration::from_secs(3600)).await;
-
-    let connection = broker::connect().await;
+    let (connection, _) = start_example_job(&s3, &topology, &worker, "graceful").await;
     let channel = connection.create_channel().await.unwrap();
-    broker::publish_job(
-        &channel,
-        &topology,
-        &job_body("graceful", &input, &output),
-        BasicProperties::default(),
-    )
-    .await;
-    worker.wait_for_log("job received", Duration::from_secs(60));
 
     let status = worker.terminate();
 

@@ -3,43 +3,14 @@
 use std::process::Command;
 use std::time::Duration;
 
-use aws_sdk_s3::presigning::PresigningConfig;
-use aws_sdk_s3::primitives::ByteStream;
 use lapin::BasicProperties;
 use ndarray::Array3;
 use serde_json::Value;
 
 use crate::support::archives::{member_names, read_member, valid_npz};
 use crate::support::broker::{self, TestTopology, WorkerProcess};
-use crate::support::seaweedfs::{self, BUCKET};
+use crate::support::seaweedfs::{self, BUCKET, stage_job};
 use crate::support::{MASK_TOLERANCE, binary, fixture, mask_disagreement, temp_dir, unique_name};
-
-/// Uploads `bytes` and returns pre-signed GET and PUT URLs for it and for `output_key`.
-async fn stage_job(s3: &aws_sdk_s3::Client, input_key: &str, bytes: Vec<u8>, output_key: &str) -> (String, String) {
-    s3.put_object()
-        .bucket(BUCKET)
-        .key(input_key)
-        .body(ByteStream::from(bytes))
-        .send()
-        .await
-        .unwrap();
-    let expiry = PresigningConfig::expires_in(Duration::from_secs(3600)).unwrap();
-    let get = s3
-        .get_object()
-        .bucket(BUCKET)
-        .key(input_key)
-        .presigned(expiry.clone())
-        .await
-        .unwrap();
-    let put = s3
-        .put_object()
-        .bucket(BUCKET)
-        .key(output_key)
-        .presigned(expiry)
-        .await
-        .unwrap();
-    (get.uri().to_owned(), put.uri().to_owned())
-}
 
 async fn object_bytes(s3: &aws_sdk_s3::Client, key: &str) -> Option<Vec<u8>> {
     let object = s3.get_object().bucket(BUCKET).key(key).send().await.ok()?;
@@ -122,6 +93,7 @@ async fn bad_jobs_get_errors_and_worker_continues() {
         &format!("{prefix}/bad.npz"),
         bad_volume,
         &format!("{prefix}/bad.out.npz"),
+        Duration::from_secs(3600),
     )
     .await;
     let example = std::fs::read(fixture("input_file_example.npz")).unwrap();
@@ -130,6 +102,7 @@ async fn bad_jobs_get_errors_and_worker_continues() {
         &format!("{prefix}/good in dir/ex+1@2=3é.npz"),
         example,
         &format!("{prefix}/good.out.npz"),
+        Duration::from_secs(3600),
     )
     .await;
     let forbidden_get = bad_get.replace("X-Amz-Signature=", "X-Amz-Signature=0");

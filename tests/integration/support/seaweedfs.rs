@@ -164,3 +164,37 @@ fn free_port_bases<const N: usize>() -> [u16; N] {
     }
     chosen.try_into().unwrap()
 }
+
+/// Uploads `bytes` under `key` and returns a pre-signed GET URL for it and a pre-signed PUT URL
+/// for `output_key`, both valid for `expiry`.
+pub async fn stage_job(
+    s3: &aws_sdk_s3::Client,
+    key: &str,
+    bytes: Vec<u8>,
+    output_key: &str,
+    expiry: Duration,
+) -> (String, String) {
+    s3.put_object()
+        .bucket(BUCKET)
+        .key(key)
+        .body(aws_sdk_s3::primitives::ByteStream::from(bytes))
+        .send()
+        .await
+        .unwrap();
+    let config = aws_sdk_s3::presigning::PresigningConfig::expires_in(expiry).unwrap();
+    let get = s3
+        .get_object()
+        .bucket(BUCKET)
+        .key(key)
+        .presigned(config.clone())
+        .await
+        .unwrap();
+    let put = s3
+        .put_object()
+        .bucket(BUCKET)
+        .key(output_key)
+        .presigned(config)
+        .await
+        .unwrap();
+    (get.uri().to_owned(), put.uri().to_owned())
+}
