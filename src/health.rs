@@ -13,6 +13,7 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
+use tokio::net::TcpListener;
 
 use crate::metrics::Metrics;
 
@@ -56,10 +57,15 @@ struct AppState {
     readiness: Arc<Readiness>,
 }
 
-/// Serves the endpoints on `address` until the process ends.
-pub async fn serve(address: SocketAddr, metrics: Arc<Metrics>, readiness: Arc<Readiness>) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(address).await?;
+/// Binds the listener, so that a taken address fails the start before the model loads.
+pub async fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
+    let listener = TcpListener::bind(address).await?;
     tracing::info!(address = %listener.local_addr()?, "serving /metrics, /healthz and /readyz");
+    Ok(listener)
+}
+
+/// Serves the endpoints on `listener` until the process ends.
+pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, readiness: Arc<Readiness>) -> std::io::Result<()> {
     axum::serve(listener, router(metrics, readiness)).await
 }
 

@@ -83,11 +83,18 @@ pub fn run(args: WorkerArgs) -> ExitCode {
 async fn serve(args: WorkerArgs) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
     let readiness = Arc::new(Readiness::default());
-    let listener = tokio::spawn(health::serve(
-        args.metrics_address,
-        Arc::clone(&metrics),
-        Arc::clone(&readiness),
-    ));
+    let bound = health::bind(args.metrics_address).await.map_err(|error| {
+        anyhow::anyhow!(
+            "cannot listen on {} for metrics: {error}; set THROMBSEG_METRICS_ADDRESS to a free address",
+            args.metrics_address
+        )
+    })?;
+    let served = health::serve(bound, Arc::clone(&metrics), Arc::clone(&readiness));
+    let listener = tokio::spawn(async move {
+        if let Err(error) = served.await {
+            tracing::error!(error = %error, "metrics listener failed");
+        }
+    });
 
     let context = Arc::new(load_context(&args, &metrics).await?);
     readiness.set_model_ready("cpu");
