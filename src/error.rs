@@ -82,20 +82,33 @@ pub enum Decision {
     Fail,
 }
 
-/// Decides the fate of a job that failed on its `attempt`-th try (counting from 1).
-///
-/// Only transient failures are retried, and only while attempts remain. `jitter` in [0, 1)
-/// spreads the delays of jobs that failed together: the delay is drawn from the upper half of
-/// the exponential step, so it never drops below half of it.
-pub fn decide(kind: ErrorKind, attempt: u32, policy: &RetryPolicy, jitter: f64) -> Decision {
+impl RetryPolicy {
+    /// Returns the wait before attempt `attempt + 1`: `base_delay × 2^(attempt − 1)`, capped at
+    /// `max_delay`.
+    pub fn delay_after(&self, attempt: u32) -> Duration {
+        let exponent = attempt.saturating_sub(1).min(30);
+        self.base_delay.saturating_mul(1 << exponent).min(self.max_delay)
+    }
+
+    /// Returns every distinct delay a job can wait, in attempt order.
+    pub fn delays(&self) -> Vec<Duration> {
+        let mut delays: Vec<Duration> = (1..self.max_attempts)
+            .map(|attempt| self.delay_after(attempt))
+            .collect();
+        delays.dedup();
+        delays
+    }
+}
+
+/// Decides the fate of a job that failed on its `attempt`-th try (counting from 1): only
+/// transient failures are retried, and only while attempts remain.
+pub fn decide(kind: ErrorKind, attempt: u32, policy: &RetryPolicy) -> Decision {
     if kind != ErrorKind::Transient || attempt >= policy.max_attempts {
         return Decision::Fail;
     }
-
-    let exponent = attempt.saturating_sub(1).min(30);
-    let step = policy.base_delay.saturating_mul(1 << exponent).min(policy.max_delay);
-    let delay = step.mul_f64(0.5 + 0.5 * jitter.clamp(0.0, 1.0));
-    Decision::Retry { delay }
+    Decision::Retry {
+        delay: policy.delay_after(attempt),
+    }
 }
 
 #[cfg(test)]
@@ -110,35 +123,39 @@ mod tests {
 
     #[test]
     fn bad_input_fails_at_once() {
-        assert_eq!(decide(ErrorKind::BadInput, 1, &POLICY, 0.0), Decision::Fail);
-        assert_eq!(decide(ErrorKind::Internal, 1, &POLICY, 0.0), Decision::Fail);
+        assert_eq!(decide(ErrorKind::BadInput, 1, &POLICY), Decision::Fail);
+        assert_eq!(decide(ErrorKind::Internal, 1, &POLICY), Decision::Fail);
     }
 
     #[test]
     fn transient_backs_off_exponentially_to_the_cap() {
-        let delay = |attempt| match decide(ErrorKind::Transient, attempt, &POLICY, 0.999_999) {
-            Decision::Retry { delay } => delay.as_secs_f64(),
+        let delay = |attempt| match decide(ErrorKind::Transient, attempt, &POLICY) {
+            Decision::Retry { delay } => delay,
             Decision::Fail => panic!("attempt {attempt} should be retried"),
         };
 
-        assert!((delay(1) - 2.0).abs() < 1e-3);
-        assert!((delay(2) - 4.0).abs() < 1e-3);
-        assert!((delay(3) - 5.0).abs() < 1e-3, "capped at max_delay");
+        assert_eq!(delay(1), Duration::from_secs(2));
+        assert_eq!(delay(2), Duration::from_secs(4));
+        assert_eq!(delay(3), Duration::from_secs(5), "capped at max_delay");
     }
 
     #[test]
     fn transient_fails_after_last_attempt() {
-        assert_eq!(decide(ErrorKind::Transient, 4, &POLICY, 0.5), Decision::Fail);
-        assert_eq!(decide(ErrorKind::Transient, 9, &POLICY, 0.5), Decision::Fail);
+        assert_eq!(decide(ErrorKind::Transient, 4, &POLICY), Decision::Fail);
+        assert_eq!(decide(ErrorKind::Transient, 9, &POLICY), Decision::Fail);
     }
 
     #[test]
-    fn jitter_keeps_delay_in_upper_half() {
-        let Decision::Retry { delay } = decide(ErrorKind::Transient, 1, &POLICY, 0.0) else {
-            panic!("first attempt is retried");
+    fn delays_list_each_wait_once() {
+        let policy = RetryPolicy {
+            max_attempts: 6,
+            ..POLICY
         };
 
-        assert_eq!(delay, Duration::from_secs(1));
+        assert_eq!(
+            policy.delays(),
+            vec![Duration::from_secs(2), Duration::from_secs(4), Duration::from_secs(5)]
+        );
     }
 
     #[test]

@@ -16,6 +16,13 @@ const DURATION_BUCKETS: &[f64] = &[
     0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 1800.0,
 ];
 
+/// Histogram buckets for single stages, from 1 ms to 30 minutes, in seconds: decoding,
+/// encoding and publishing take milliseconds.
+const STAGE_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0,
+    1000.0, 1800.0,
+];
+
 /// Stages timed per job, in the order they run.
 pub const STAGES: &[&str] = &[
     "download",
@@ -103,7 +110,7 @@ impl Metrics {
             metric
         };
         let histogram_vec = |name: &str, help: &str, labels: &[&str]| {
-            let opts = HistogramOpts::new(name, help).buckets(DURATION_BUCKETS.to_vec());
+            let opts = HistogramOpts::new(name, help).buckets(STAGE_BUCKETS.to_vec());
             let metric = HistogramVec::new(opts, labels).expect("valid metric");
             registry.register(Box::new(metric.clone())).expect("unique metric name");
             metric

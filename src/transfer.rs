@@ -272,6 +272,13 @@ impl Transfers {
         Ok(Self { client, settings })
     }
 
+    /// Checks both URLs of a job against the policy without sending anything.
+    pub fn check_urls(&self, input: &str, output: &str) -> Result<(), TransferError> {
+        parse_url(input, Direction::Download, &self.settings.policy)?;
+        parse_url(output, Direction::Upload, &self.settings.policy)?;
+        Ok(())
+    }
+
     /// Downloads `url` into memory, refusing bodies larger than the configured limit.
     pub async fn download(&self, url: &str) -> Result<Vec<u8>, TransferError> {
         let direction = Direction::Download;

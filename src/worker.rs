@@ -9,13 +9,13 @@ use std::time::{Duration, Instant};
 use lapin::BasicProperties;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
-use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::types::{AMQPValue, FieldTable};
 use tracing::{Instrument, Span, field};
 
 use crate::error::{Decision, ErrorKind, JobError, RetryPolicy, decide};
 use crate::job::{BundleInfo, EnvelopeError, JobRequest, RequestError, Stages, Status, StatusEnvelope, TransportIds};
 use crate::metrics::{DeadLetterReason, Metrics, Outcome};
-use crate::queue::{Publisher, ReplyTarget};
+use crate::queue::{self, Publisher, ReplyTarget};
 use crate::segmentation::{Scores, Segmenter};
 use crate::transfer::{Transfers, redact};
 use crate::volume::{ReadLimits, encode_masks, read_npz};
@@ -36,8 +36,8 @@ pub struct JobContext {
     pub retry: RetryPolicy,
     /// Time a job may take from download to upload before it fails as transient.
     pub job_deadline: Duration,
-    /// Queue that holds jobs waiting for their next attempt.
-    pub retry_queue: String,
+    /// Name prefix of the delay queues, one per retry delay.
+    pub retry_queue_prefix: String,
 }
 
 /// Handles one delivery to the end: it is acked, retried, rejected or requeued before this
@@ -97,7 +97,7 @@ async fn process(
     };
 
     let kind = error.kind();
-    match decide(kind, attempt, &context.retry, rand::random::<f64>()) {
+    match decide(kind, attempt, &context.retry) {
         Decision::Retry { delay } => {
             retry_later(context, publisher, delivery, attempt, delay, &error).await;
             None
@@ -123,6 +123,11 @@ async fn process(
 async fn run_job(context: &JobContext, job: &JobRequest, stages: &mut Stages) -> Result<Option<Scores>, JobError> {
     let span = Span::current();
 
+    // Both URLs are checked before any work, so a bad output URL fails before inference.
+    context
+        .transfers
+        .check_urls(&job.input_file_url, &job.output_file_url)?;
+
     span.record("stage", "download");
     let started = Instant::now();
     let bytes = context.transfers.download(&job.input_file_url).await?;
@@ -144,7 +149,6 @@ async fn run_job(context: &JobContext, job: &JobRequest, stages: &mut Stages) ->
     stages.decode = Some(computed.decode_seconds);
     stages.record_compute(&computed.timings);
     stages.encode = Some(computed.encode_seconds);
-    context.metrics.add_voxels(computed.voxels);
 
     span.record("stage", "upload");
     let started = Instant::now();
@@ -152,6 +156,7 @@ async fn run_job(context: &JobContext, job: &JobRequest, stages: &mut Stages) ->
     context.transfers.upload(&job.output_file_url, computed.encoded).await?;
     stages.upload = Some(started.elapsed().as_secs_f64());
     context.metrics.add_upload_bytes(upload_bytes);
+    context.metrics.add_voxels(computed.voxels);
 
     Ok(computed.scores)
 }
@@ -206,7 +211,7 @@ async fn finish(
     envelope: &StatusEnvelope,
     error: Option<JobError>,
 ) -> Option<(Outcome, Option<ErrorKind>)> {
-    Span::current().record("stage", "publish");
+    // The span keeps the stage a failure happened in; publishing is timed separately.
     let started = Instant::now();
     let published = publish(publisher, envelope, reply).await;
     context.metrics.record_stage("publish", started.elapsed().as_secs_f64());
@@ -214,15 +219,21 @@ async fn finish(
     if let Err(publish_error) = published {
         // Without a confirmed envelope the platform does not know the outcome, so the job runs
         // again rather than end silently.
-        tracing::error!(error = %publish_error, "status envelope not confirmed; requeueing the job");
+        tracing::error!(error = %publish_error, "status envelope not confirmed; the job goes back to the queue");
         settle(delivery, Settlement::Requeue).await;
         return None;
     }
 
     match error {
         None => {
-            let stages = serde_json::to_string(&envelope.stages).unwrap_or_default();
-            tracing::info!(%stages, "job succeeded");
+            let stages = &envelope.stages;
+            tracing::info!(
+                download_seconds = stages.download,
+                infer_3d_seconds = stages.infer_3d,
+                infer_2d_seconds = stages.infer_2d,
+                upload_seconds = stages.upload,
+                "job succeeded"
+            );
             settle(delivery, Settlement::Ack).await;
             Some((Outcome::Ok, None))
         }
@@ -236,8 +247,9 @@ async fn finish(
     }
 }
 
-/// Sends a copy of the job to the delay queue with its next attempt number, then acks the
-/// original. The delay queue dead-letters it back to the job queue when its TTL expires.
+/// Sends a copy of the job to the delay queue for `delay` with its next attempt number, then
+/// acks the original. The delay queue dead-letters it back to the job queue when its TTL
+/// expires.
 async fn retry_later(
     context: &JobContext,
     publisher: &Publisher,
@@ -251,8 +263,7 @@ async fn retry_later(
     let original = &delivery.properties;
     let mut properties = BasicProperties::default()
         .with_delivery_mode(PERSISTENT)
-        .with_headers(headers)
-        .with_expiration(ShortString::from(delay.as_millis().to_string()));
+        .with_headers(headers);
     if let Some(value) = original.content_type() {
         properties = properties.with_content_type(value.clone());
     }
@@ -267,7 +278,12 @@ async fn retry_later(
     }
 
     let sent = publisher
-        .publish_confirmed("", &context.retry_queue, &delivery.data, properties)
+        .publish_confirmed(
+            "",
+            &queue::retry_queue_name(&context.retry_queue_prefix, delay),
+            &delivery.data,
+            properties,
+        )
         .await;
     match sent {
         Ok(()) => {

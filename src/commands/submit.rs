@@ -72,14 +72,7 @@ async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
     let input_key = format!("inputs/{job_id}/{file_name}");
     let output_key = format!("results/{job_id}.npz");
 
-    // Endpoint, region and keys come from the standard AWS_* variables; path-style addressing
-    // works with every S3-compatible server.
-    let sdk_config = aws_config::load_from_env().await;
-    let s3 = aws_sdk_s3::Client::from_conf(
-        aws_sdk_s3::config::Builder::from(&sdk_config)
-            .force_path_style(true)
-            .build(),
-    );
+    let s3 = s3_client_from_environment().await?;
 
     let body = ByteStream::from_path(&args.input)
         .await
@@ -133,6 +126,33 @@ async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
         (_, "bad_input") => ExitCode::from(2),
         _ => ExitCode::FAILURE,
     })
+}
+
+/// Builds an S3 client from the standard `AWS_*` variables only.
+///
+/// The SDK's default chains would fall back to the cloud metadata service for a missing region
+/// or missing keys; a try-out client should instead say which variable is missing. Path-style
+/// addressing works with every S3-compatible server.
+async fn s3_client_from_environment() -> anyhow::Result<aws_sdk_s3::Client> {
+    let region = ["AWS_REGION", "AWS_DEFAULT_REGION"]
+        .iter()
+        .find_map(|name| std::env::var(name).ok().filter(|value| !value.is_empty()))
+        .context("no S3 region: set AWS_REGION (any value, such as us-east-1, for MinIO or SeaweedFS)")?;
+    for name in ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"] {
+        if std::env::var(name).map_or(true, |value| value.is_empty()) {
+            anyhow::bail!("no S3 credentials: set {name}");
+        }
+    }
+
+    let sdk_config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_sdk_s3::config::Region::new(region))
+        .credentials_provider(aws_config::environment::EnvironmentVariableCredentialsProvider::new())
+        .load()
+        .await;
+    let config = aws_sdk_s3::config::Builder::from(&sdk_config)
+        .force_path_style(true)
+        .build();
+    Ok(aws_sdk_s3::Client::from_conf(config))
 }
 
 /// Publishes the job with a private reply queue and returns the envelope that answers it, as

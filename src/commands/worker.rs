@@ -52,7 +52,8 @@ pub struct WorkerArgs {
     #[arg(long, env = "THROMBSEG_MAX_ATTEMPTS", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_attempts: u32,
 
-    /// Milliseconds before the second attempt; each later attempt waits twice as long.
+    /// Milliseconds before the second attempt; each later attempt waits twice as long, up to
+    /// the maximum. Each distinct delay gets a delay queue of its own.
     #[arg(long, env = "THROMBSEG_RETRY_BASE_DELAY_MS", default_value_t = 5_000)]
     pub retry_base_delay_ms: u64,
 
@@ -122,7 +123,12 @@ async fn serve(args: WorkerArgs) -> anyhow::Result<()> {
         let mut session = match session {
             Ok(session) => session,
             Err(error) => {
-                tracing::warn!(error = %error, retry_in_seconds = reconnect_delay.as_secs(), "broker unavailable");
+                tracing::warn!(
+                    error = %error,
+                    broker = %args.broker.amqp_url.redacted(),
+                    retry_in_seconds = reconnect_delay.as_secs(),
+                    "broker unavailable"
+                );
                 tokio::select! {
                     () = tokio::time::sleep(reconnect_delay) => {}
                     () = &mut shutdown => break,
@@ -199,14 +205,18 @@ async fn load_context(args: &WorkerArgs, metrics: &Arc<Metrics>) -> anyhow::Resu
         limits: args.model.read_limits(),
         bundle,
         metrics: Arc::clone(metrics),
-        retry: RetryPolicy {
-            max_attempts: args.max_attempts,
-            base_delay: Duration::from_millis(args.retry_base_delay_ms),
-            max_delay: Duration::from_millis(args.retry_max_delay_ms),
-        },
+        retry: retry_policy(args),
         job_deadline: Duration::from_secs(args.job_deadline_seconds),
-        retry_queue: args.broker.topology.retry_queue.clone(),
+        retry_queue_prefix: args.broker.topology.retry_queue.clone(),
     })
+}
+
+fn retry_policy(args: &WorkerArgs) -> RetryPolicy {
+    RetryPolicy {
+        max_attempts: args.max_attempts,
+        base_delay: Duration::from_millis(args.retry_base_delay_ms),
+        max_delay: Duration::from_millis(args.retry_max_delay_ms),
+    }
 }
 
 /// Segments a small synthetic volume, so that a worker reports ready only once both networks
@@ -250,6 +260,7 @@ impl Session {
             cause,
         })?;
         queue::declare(&channel, topology).await?;
+        queue::declare_retry_queues(&channel, topology, &retry_policy(args).delays()).await?;
 
         let publishing = connection.create_channel().await.map_err(|cause| QueueError::Broker {
             operation: "open a channel",

@@ -2,6 +2,8 @@
 //!
 //! Nothing here knows about models or URLs: jobs arrive as bytes and envelopes leave as bytes.
 
+use std::time::Duration;
+
 use lapin::options::{
     BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
     QueueBindOptions, QueueDeclareOptions,
@@ -36,8 +38,9 @@ pub struct Topology {
     #[arg(long, env = "THROMBSEG_DEAD_LETTER_QUEUE", default_value = "thrombseg.jobs.dead")]
     pub dead_letter_queue: String,
 
-    /// Delay queue for jobs waiting to be retried: each message waits out its own TTL, then
-    /// the broker moves it back to the job queue.
+    /// Name prefix of the delay queues for jobs waiting to be retried: one queue per delay,
+    /// named PREFIX.<milliseconds>ms, whose messages the broker moves back to the job queue
+    /// when the queue's TTL expires.
     #[arg(long, env = "THROMBSEG_RETRY_QUEUE", default_value = "thrombseg.jobs.retry")]
     pub retry_queue: String,
 
@@ -130,19 +133,6 @@ pub async fn declare(channel: &Channel, topology: &Topology) -> Result<(), Queue
         .await
         .map_err(broker("declare the job queue"))?;
 
-    // A classic queue, because a message's TTL must send it back as soon as it reaches the
-    // head; expired messages go through the default exchange to the job queue.
-    let mut retry_arguments = FieldTable::default();
-    retry_arguments.insert("x-dead-letter-exchange".into(), AMQPValue::LongString("".into()));
-    retry_arguments.insert(
-        "x-dead-letter-routing-key".into(),
-        AMQPValue::LongString(topology.job_queue.as_str().into()),
-    );
-    channel
-        .queue_declare(topology.retry_queue.as_str().into(), durable_queue, retry_arguments)
-        .await
-        .map_err(broker("declare the retry queue"))?;
-
     channel
         .exchange_declare(
             topology.status_exchange.as_str().into(),
@@ -166,6 +156,46 @@ pub async fn declare(channel: &Channel, topology: &Topology) -> Result<(), Queue
         )
         .await
         .map_err(broker("bind the status queue"))?;
+    Ok(())
+}
+
+/// Returns the name of the delay queue that holds jobs for `delay`.
+pub fn retry_queue_name(prefix: &str, delay: Duration) -> String {
+    format!("{prefix}.{}ms", delay.as_millis())
+}
+
+/// Declares one delay queue per delay in `delays`.
+///
+/// Each queue has one TTL for all its messages, so messages leave in the order they came and
+/// none waits behind a longer delay: with per-message TTLs, RabbitMQ expires a message only
+/// once it reaches the head of the queue. The delay is part of the name, so changing the
+/// backoff settings declares new queues instead of clashing with existing ones.
+pub async fn declare_retry_queues(
+    channel: &Channel,
+    topology: &Topology,
+    delays: &[Duration],
+) -> Result<(), QueueError> {
+    for delay in delays {
+        let mut arguments = FieldTable::default();
+        arguments.insert("x-message-ttl".into(), AMQPValue::LongLongInt(delay.as_millis() as i64));
+        arguments.insert("x-dead-letter-exchange".into(), AMQPValue::LongString("".into()));
+        arguments.insert(
+            "x-dead-letter-routing-key".into(),
+            AMQPValue::LongString(topology.job_queue.as_str().into()),
+        );
+        let options = QueueDeclareOptions {
+            durable: true,
+            ..QueueDeclareOptions::default()
+        };
+        channel
+            .queue_declare(
+                retry_queue_name(&topology.retry_queue, *delay).as_str().into(),
+                options,
+                arguments,
+            )
+            .await
+            .map_err(broker("declare a retry queue"))?;
+    }
     Ok(())
 }
 

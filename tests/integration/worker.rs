@@ -127,6 +127,14 @@ async fn bad_jobs_get_errors_and_worker_continues() {
         BasicProperties::default(),
     )
     .await;
+    // The output URL is checked before the download; nothing is sent to that address.
+    broker::publish_job(
+        &channel,
+        &topology,
+        plain("metadata-output", &bad_get, "http://169.254.169.254/latest/out.npz").as_bytes(),
+        BasicProperties::default(),
+    )
+    .await;
     let mlflow = serde_json::json!({
         "dataframe_split": {"columns": ["input_file_url", "output_file_url"], "data": [[good_get, good_put]]}
     });
@@ -138,15 +146,15 @@ async fn bad_jobs_get_errors_and_worker_continues() {
     )
     .await;
 
-    let envelopes = broker::collect_messages(&connection, &topology.status_queue, 3, Duration::from_secs(300)).await;
+    let envelopes = broker::collect_messages(&connection, &topology.status_queue, 4, Duration::from_secs(300)).await;
     let envelopes: Vec<Value> = envelopes
         .iter()
         .map(|m| serde_json::from_slice(&m.data).unwrap())
         .collect();
     assert_eq!(
         envelopes.len(),
-        3,
-        "three envelopes: {envelopes:?}\nworker:\n{}",
+        4,
+        "four envelopes: {envelopes:?}\nworker:\n{}",
         worker.logs()
     );
     let by_id = |id: &str| {
@@ -171,6 +179,17 @@ async fn bad_jobs_get_errors_and_worker_continues() {
     assert!(message.contains("HTTP 403"), "{message}");
     assert!(!message.contains("X-Amz"), "envelope leaks the query string: {message}");
 
+    let metadata = by_id("metadata-output");
+    assert_eq!(metadata["error"]["kind"], "bad_input");
+    assert!(
+        metadata["error"]["message"].as_str().unwrap().contains("link-local"),
+        "{metadata}"
+    );
+    assert!(
+        metadata["stages"].get("download").is_none(),
+        "rejected before the download: {metadata}"
+    );
+
     let good = by_id("good-after-bad");
     assert_eq!(good["status"], "OK", "{good}");
 
@@ -189,11 +208,11 @@ async fn bad_jobs_get_errors_and_worker_continues() {
         0,
         "every job was settled"
     );
-    let dead = broker::collect_messages(&connection, &topology.dead_letter_queue, 3, Duration::from_secs(10)).await;
+    let dead = broker::collect_messages(&connection, &topology.dead_letter_queue, 4, Duration::from_secs(10)).await;
     assert_eq!(
         dead.len(),
-        3,
-        "the bad volume, the non-JSON body and the forbidden URL are dead-lettered"
+        4,
+        "the bad volume, the non-JSON body, the forbidden URL and the metadata output are dead-lettered"
     );
     assert_no_presigned_queries(&worker.logs());
 

@@ -57,13 +57,10 @@ impl Drop for TestTopology {
     /// Deletes every queue and exchange of the topology, also when the test failed. It runs on
     /// a thread of its own because a test's async runtime may be shutting down.
     fn drop(&mut self) {
-        let queues = [
-            &self.job_queue,
-            &self.status_queue,
-            &self.dead_letter_queue,
-            &self.retry_queue,
-        ]
-        .map(|q| q.clone());
+        let mut queues: Vec<String> = [&self.job_queue, &self.status_queue, &self.dead_letter_queue]
+            .map(|q| q.clone())
+            .to_vec();
+        queues.extend(queues_with_prefix(&format!("{}.", self.retry_queue)));
         let exchanges = [&self.status_exchange, &self.dead_letter_exchange].map(|e| e.clone());
         let cleanup = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
@@ -92,6 +89,23 @@ impl Drop for TestTopology {
         });
         let _ = cleanup.join();
     }
+}
+
+/// Lists the broker's queues whose names start with `prefix`, such as the delay queues of a
+/// topology, one per retry delay.
+fn queues_with_prefix(prefix: &str) -> Vec<String> {
+    let listing = Command::new("rabbitmqctl")
+        .args(["list_queues", "--no-table-headers", "--quiet", "name"])
+        .output();
+    let Ok(listing) = listing else {
+        return Vec::new();
+    };
+    String::from_utf8_lossy(&listing.stdout)
+        .lines()
+        .map(str::trim)
+        .filter(|name| name.starts_with(prefix))
+        .map(str::to_owned)
+        .collect()
 }
 
 pub async fn connect() -> Connection {
