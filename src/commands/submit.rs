@@ -27,7 +27,7 @@ pub struct SubmitArgs {
     #[arg(long)]
     pub bucket: String,
 
-    /// Where to write the downloaded result.
+    /// Path for the downloaded result.
     #[arg(long)]
     pub output: PathBuf,
 
@@ -131,7 +131,7 @@ async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
 /// Builds an S3 client from the standard `AWS_*` variables only.
 ///
 /// The SDK's default chains would fall back to the cloud metadata service for a missing region
-/// or missing keys; a try-out client should instead say which variable is missing. Path-style
+/// or missing keys, so a missing variable is an error that names it instead. Path-style
 /// addressing works with every S3-compatible server.
 async fn s3_client_from_environment() -> anyhow::Result<aws_sdk_s3::Client> {
     let region = ["AWS_REGION", "AWS_DEFAULT_REGION"]
@@ -155,8 +155,8 @@ async fn s3_client_from_environment() -> anyhow::Result<aws_sdk_s3::Client> {
     Ok(aws_sdk_s3::Client::from_conf(config))
 }
 
-/// Publishes the job with a private reply queue and returns the envelope that answers it, as
-/// received.
+/// Publishes the job with a private reply queue and returns the envelope that replies to it,
+/// as received.
 async fn enqueue_and_wait(
     args: &SubmitArgs,
     job_id: &str,

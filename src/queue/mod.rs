@@ -1,6 +1,6 @@
 //! RabbitMQ: the topology the worker declares, the job consumer and the confirmed publisher.
 //!
-//! Nothing here knows about models or URLs: jobs arrive as bytes and envelopes leave as bytes.
+//! Nothing here depends on models or URLs: jobs arrive as bytes and envelopes leave as bytes.
 
 use std::time::Duration;
 
@@ -50,7 +50,7 @@ pub struct Topology {
     pub delivery_limit: u32,
 }
 
-/// Why a broker operation failed.
+/// Broker operation failures.
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
     // The source is part of the message and not chained, so that a printed chain does not
@@ -159,7 +159,7 @@ pub async fn declare(channel: &Channel, topology: &Topology) -> Result<(), Queue
     Ok(())
 }
 
-/// Returns the name of the delay queue that holds jobs for `delay`.
+/// Returns the name of the delay queue for jobs that wait `delay`.
 pub fn retry_queue_name(prefix: &str, delay: Duration) -> String {
     format!("{prefix}.{}ms", delay.as_millis())
 }
@@ -235,7 +235,7 @@ pub struct Publisher {
     status_exchange: String,
 }
 
-/// Where an envelope goes besides the status exchange.
+/// Reply destination of an envelope, besides the status exchange.
 #[derive(Clone, Debug, Default)]
 pub struct ReplyTarget {
     pub reply_to: Option<String>,
