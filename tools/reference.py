@@ -24,7 +24,6 @@ confidence (float32, 0-d).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import sys
@@ -39,6 +38,9 @@ from monai.data import set_track_meta
 from monai.inferers import sliding_window_inference
 from monai.networks.nets import SegResNet
 from monai.transforms import MedianSmooth, ScaleIntensity, ScaleIntensityRange
+
+# Run as `python tools/reference.py`, so the sibling module is importable by name.
+from export_models import sha256_file
 
 DEFAULT_BUNDLE = Path(__file__).resolve().parent.parent / "fixtures" / "models"
 SUPPORTED_BUNDLE_FORMAT = 1
@@ -68,14 +70,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for PyTorch and ONNX Runtime")
     return parser.parse_args(argv)
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as file:
-        for chunk in iter(lambda: file.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def load_bundle(bundle_dir: Path) -> dict[str, Any]:
