@@ -6,4 +6,5 @@ mod cli;
 mod delivery;
 mod golden;
 mod support;
+mod transfer;
 mod worker;
