@@ -62,18 +62,18 @@ impl JobError {
     }
 }
 
-/// How failed jobs are retried.
+/// Retry settings for failed jobs.
 #[derive(Clone, Copy, Debug)]
 pub struct RetryPolicy {
     /// Attempts a job gets in all, the first included.
     pub max_attempts: u32,
     /// Delay before the second attempt; each later one doubles it.
     pub base_delay: Duration,
-    /// Longest delay between two attempts.
+    /// Maximum delay between two attempts.
     pub max_delay: Duration,
 }
 
-/// What happens to a failed job.
+/// Fate of a failed job.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Decision {
     /// Send the job to the delay queue, to come back after `delay`; no envelope yet.

@@ -1,8 +1,8 @@
 //! The HTTP listener for Prometheus and Kubernetes: `/metrics`, `/healthz` and `/readyz`.
 //!
-//! `/healthz` answers 200 while the process runs. `/readyz` answers 200 only when the bundle is
-//! loaded, a test inference has run, and the worker is connected to the broker and consuming;
-//! otherwise 503, with the failing checks in the body.
+//! `/healthz` returns 200 while the process runs. `/readyz` returns 200 only when the bundle is
+//! loaded, a test inference has run, and the worker is connected to the broker and consuming.
+//! Otherwise it returns 503, with the failing checks in the body.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

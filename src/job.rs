@@ -34,7 +34,7 @@ impl std::fmt::Debug for JobRequest {
     }
 }
 
-/// Why a message body is not a job. Messages never quote URL values.
+/// Reasons a message body is not a job. Messages never quote URL values.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum RequestError {
     #[error("job body is not JSON: {0}")]
@@ -257,7 +257,7 @@ impl Stages {
 }
 
 impl StatusEnvelope {
-    /// An OK envelope, with the scores when the job asked for an explanation.
+    /// Builds an OK envelope, with the scores when the job requested an explanation.
     pub fn ok(job_id: String, attempt: u32, stages: Stages, bundle: BundleInfo, scores: Option<Scores>) -> Self {
         Self {
             job_id,
@@ -271,7 +271,7 @@ impl StatusEnvelope {
         }
     }
 
-    /// An ERROR envelope.
+    /// Builds an ERROR envelope.
     pub fn error(job_id: String, attempt: u32, stages: Stages, bundle: BundleInfo, error: EnvelopeError) -> Self {
         Self {
             job_id,

@@ -52,7 +52,7 @@ impl Outcome {
     }
 }
 
-/// Why a message went to the dead-letter queue, as a label value.
+/// Reason a message went to the dead-letter queue, as a label value.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DeadLetterReason {
     /// A job that failed for good; the label is its error kind.

@@ -24,7 +24,7 @@ pub struct TransferSettings {
     pub upload_method: UploadMethod,
     /// Headers sent with every upload besides Content-Length, for URLs signed with them.
     pub upload_headers: Vec<(String, String)>,
-    /// Which URLs may be fetched.
+    /// Policy for the URLs that may be fetched.
     pub policy: UrlPolicy,
 }
 
@@ -41,7 +41,7 @@ impl Default for TransferSettings {
     }
 }
 
-/// Which URLs and addresses transfers may reach.
+/// Policy for the URLs and addresses that transfers may reach.
 ///
 /// Pre-signed URLs come from job messages, so a forged job could point the worker at an
 /// internal service. The policy limits schemes and hosts, and refuses link-local and cloud
@@ -211,7 +211,7 @@ pub enum TransferError {
     },
 }
 
-/// Which side of the job a transfer serves.
+/// Side of the job that a transfer serves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Direction {
     Download,

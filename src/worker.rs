@@ -161,7 +161,7 @@ async fn run_job(context: &JobContext, job: &JobRequest, stages: &mut Stages) ->
     Ok(computed.scores)
 }
 
-/// What the blocking part of a job returns.
+/// Result of the blocking part of a job.
 struct Computed {
     encoded: Vec<u8>,
     scores: Option<Scores>,

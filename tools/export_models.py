@@ -297,7 +297,7 @@ class AxisWiseGroupNorm(nn.Module):
     ONNX Runtime to 2e-5 as well and runs no slower. The variance is computed in two passes,
     as the mean of squared deviations.
 
-    It holds the same `weight` and `bias` parameters as the GroupNorm it replaces.
+    It keeps the same `weight` and `bias` parameters as the GroupNorm it replaces.
     """
 
     def __init__(self, group_norm: nn.GroupNorm) -> None:

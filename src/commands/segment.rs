@@ -127,7 +127,7 @@ fn check_paths(args: &SegmentArgs) -> Result<(), String> {
 }
 
 /// Writes `bytes` to a temporary file beside `path`, then renames it, so that `path` either
-/// holds the whole archive or is left as it was.
+/// contains the whole archive or is left as it was.
 fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = path
         .parent()

@@ -24,7 +24,7 @@ use crate::transfer::Transfers;
 use crate::volume::CtVolume;
 use crate::worker::{JobContext, handle_delivery};
 
-/// Longest wait between two attempts to reach the broker.
+/// Maximum wait between two attempts to reach the broker.
 const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(30);
 
 #[derive(Debug, clap::Args)]
@@ -57,7 +57,7 @@ pub struct WorkerArgs {
     #[arg(long, env = "THROMBSEG_RETRY_BASE_DELAY_MS", default_value_t = 5_000)]
     pub retry_base_delay_ms: u64,
 
-    /// Longest wait between two attempts, in milliseconds.
+    /// Maximum wait between two attempts, in milliseconds.
     #[arg(long, env = "THROMBSEG_RETRY_MAX_DELAY_MS", default_value_t = 300_000)]
     pub retry_max_delay_ms: u64,
 

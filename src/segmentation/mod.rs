@@ -1,6 +1,6 @@
 //! The pure job: a CT volume in, the 2-D and 3-D masks (and optional explanation outputs) out.
 //!
-//! Nothing here knows about queues, URLs or metrics; callers time the stages through the
+//! Nothing here depends on queues, URLs or metrics, and callers time the stages through the
 //! [`StageTimings`] this module fills.
 
 pub mod model;
@@ -41,7 +41,7 @@ pub struct Segmentation {
     pub timings: StageTimings,
 }
 
-/// Logits and scores kept when a job asks for an explanation.
+/// Logits and scores kept when a job requests an explanation.
 pub struct Explanation {
     pub logits_2d: Array4<f32>,
     pub logits_3d: Array4<f32>,
@@ -119,7 +119,7 @@ impl Segmenter {
 }
 
 impl Segmentation {
-    /// The arrays to write into the output archive.
+    /// Returns the arrays to write into the output archive.
     pub fn archive(&self) -> MaskArchive<'_> {
         MaskArchive {
             pred_2d: &self.pred_2d,

@@ -42,7 +42,7 @@ pub struct Networks {
     pub two_d: NetworkSpec,
 }
 
-/// How one network is stored and run.
+/// Storage and run settings of one network.
 #[derive(Clone, Debug, Deserialize)]
 pub struct NetworkSpec {
     pub onnx: String,
@@ -57,7 +57,7 @@ pub struct NetworkSpec {
     pub gflop_per_window: Option<f64>,
 }
 
-/// Why a bundle cannot be loaded.
+/// Bundle loading failures.
 #[derive(Debug, thiserror::Error)]
 pub enum BundleError {
     #[error("model bundle: cannot read {path}: {source}")]
@@ -88,7 +88,7 @@ pub enum BundleError {
     Session { file: String, message: String },
 }
 
-/// Why a network run failed.
+/// Network run failure.
 #[derive(Debug, thiserror::Error)]
 #[error("{network} network: {message}")]
 pub struct InferenceError {
@@ -187,7 +187,7 @@ impl NetworkSpec {
         Ok(())
     }
 
-    /// The ROI as (h, w, d); a 2-D network's windows are one slice deep.
+    /// Returns the ROI as (h, w, d). A 2-D network's windows are one slice deep.
     pub fn roi_3d(&self) -> [usize; 3] {
         match self.roi_size.as_slice() {
             [h, w, d] => [*h, *w, *d],

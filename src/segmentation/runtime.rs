@@ -16,7 +16,7 @@ pub const ONNXRUNTIME_VERSION: &str = "1.31.1";
 /// Folder, relative to the repository root, where `scripts/fetch-onnxruntime` puts the library.
 pub const LOCAL_RUNTIME_DIR: &str = ".onnxruntime";
 
-/// Why ONNX Runtime could not be made ready.
+/// ONNX Runtime loading failures.
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
     #[error(

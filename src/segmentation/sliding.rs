@@ -4,13 +4,13 @@
 //! and the final crop follow MONAI 1.6 (`monai.inferers.utils`). The network is a closure, so
 //! tiling and blending are tested here without ONNX Runtime.
 //!
-//! Both branches use the same driver over an (H, W, D) volume: the 3-D network takes
-//! windows of (256, 256, 64), and the 2-D network takes windows of (256, 256, 1), so that each
-//! axial slice is its own window along D, exactly as MONAI treats a batch of slices.
+//! Both branches use the same driver over an (H, W, D) volume. The 3-D network takes windows
+//! of (256, 256, 64), and the 2-D network takes windows of (256, 256, 1). Each axial slice is
+//! then its own window along D, exactly as MONAI treats a batch of slices.
 
 use ndarray::{Array3, Array4, Array5, ArrayView3, ArrayView4, Axis, s};
 
-/// How windows tile one padded axis.
+/// Window layout along one padded axis.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AxisPlan {
     /// Zero voxels added before the data; MONAI puts the odd voxel after.
@@ -214,7 +214,7 @@ mod tests {
         assert_eq!(plan.starts, vec![0, 1, 2, 3, 4]);
     }
 
-    /// A network whose two output channels are the input and the input plus 1.
+    /// Returns the input as channel 0 and the input plus 1 as channel 1.
     fn shifted_identity(batch: ArrayView4<f32>) -> Result<Array5<f32>, Infallible> {
         let (n, h, w, d) = batch.dim();
         let mut out = Array5::zeros((n, 2, h, w, d));

@@ -5,7 +5,7 @@ use std::io::Cursor;
 use ndarray::{Array3, Array4, arr0};
 use ndarray_npy::{NpzWriter, WriteNpzError};
 
-/// What goes into the output archive.
+/// Contents of the output archive.
 pub struct MaskArchive<'a> {
     /// 2-D branch mask, uint8 (H, W, D), 1 for thrombus.
     pub pred_2d: &'a Array3<u8>,
@@ -15,7 +15,7 @@ pub struct MaskArchive<'a> {
     pub explain: Option<ExplainArrays<'a>>,
 }
 
-/// Explanation outputs, written only when a job asks for them.
+/// Explanation outputs, written only when a job requests them.
 pub struct ExplainArrays<'a> {
     /// Averaged 2-D logits, float32 (2, H, W, D).
     pub logits_2d: &'a Array4<f32>,

@@ -14,7 +14,7 @@ use crate::support::proxy::{FaultProxy, FaultRule};
 use crate::support::seaweedfs::{self, BUCKET, stage_job};
 use crate::support::{fixture, tiny_bundle, unique_name};
 
-/// A small volume that the tiny bundle segments in milliseconds.
+/// Builds a small volume that the tiny bundle segments in milliseconds.
 fn small_volume_npz(seed: usize) -> Vec<u8> {
     let volume = Array3::from_shape_fn((24, 24, 12), |(h, w, d)| {
         ((h * 13 + w * 7 + d * 3 + seed) % 60) as i16 * 5 - 20
@@ -27,6 +27,25 @@ async fn stage(s3: &aws_sdk_s3::Client, key: &str, bytes: Vec<u8>, expiry: Durat
     stage_job(s3, key, bytes, &format!("{key}.out"), expiry).await
 }
 
+/// Stages `bytes` under `key` with URLs valid for an hour and publishes a job for it.
+async fn enqueue(
+    s3: &aws_sdk_s3::Client,
+    channel: &lapin::Channel,
+    topology: &TestTopology,
+    key: &str,
+    bytes: Vec<u8>,
+    job_id: &str,
+) {
+    let (input, output) = stage(s3, key, bytes, Duration::from_secs(3600)).await;
+    broker::publish_job(
+        channel,
+        topology,
+        &job_body(job_id, &input, &output),
+        BasicProperties::default(),
+    )
+    .await;
+}
+
 /// Stages the example volume, starts a job for it and returns the broker connection and the
 /// key, once `worker` has received the job.
 async fn start_example_job(
@@ -37,22 +56,14 @@ async fn start_example_job(
 ) -> (lapin::Connection, String) {
     let key = format!("{}/example.npz", unique_name(job_id));
     let example = std::fs::read(fixture("input_file_example.npz")).unwrap();
-    let (input, output) = stage(s3, &key, example, Duration::from_secs(3600)).await;
-
     let connection = broker::connect().await;
     let channel = connection.create_channel().await.unwrap();
-    broker::publish_job(
-        &channel,
-        topology,
-        &job_body(job_id, &input, &output),
-        BasicProperties::default(),
-    )
-    .await;
+    enqueue(s3, &channel, topology, &key, example, job_id).await;
     worker.wait_for_log("job received", Duration::from_secs(60));
     (connection, key)
 }
 
-/// One of several kinds of input that can never be segmented.
+/// Builds one of several kinds of input that can never be segmented.
 fn bad_input(index: usize) -> Vec<u8> {
     match index % 5 {
         0 => valid_npz(&Array3::<i16>::zeros((4, 4, 4)), 40.0, -1.0),
@@ -262,18 +273,13 @@ async fn worker_resumes_after_broker_loss() {
     let connection = broker::connect().await;
     let channel = connection.create_channel().await.unwrap();
 
-    let (input, output) = stage(
+    enqueue(
         &s3,
-        &format!("{prefix}/before.npz"),
-        small_volume_npz(4),
-        Duration::from_secs(3600),
-    )
-    .await;
-    broker::publish_job(
         &channel,
         &topology,
-        &job_body("before", &input, &output),
-        BasicProperties::default(),
+        &format!("{prefix}/before.npz"),
+        small_volume_npz(4),
+        "before",
     )
     .await;
     let before = envelopes(&connection, &topology, 1, Duration::from_secs(60)).await;
@@ -285,18 +291,13 @@ async fn worker_resumes_after_broker_loss() {
     );
     worker.wait_for_log("reconnected to the broker", Duration::from_secs(60));
 
-    let (input, output) = stage(
+    enqueue(
         &s3,
-        &format!("{prefix}/after.npz"),
-        small_volume_npz(5),
-        Duration::from_secs(3600),
-    )
-    .await;
-    broker::publish_job(
         &channel,
         &topology,
-        &job_body("after", &input, &output),
-        BasicProperties::default(),
+        &format!("{prefix}/after.npz"),
+        small_volume_npz(5),
+        "after",
     )
     .await;
     let after = envelopes(&connection, &topology, 1, Duration::from_secs(60)).await;
@@ -349,7 +350,6 @@ async fn load_run_with_faults_loses_nothing() {
     let environment = tiny_worker_env(&bundle, 6);
     let mut workers: Vec<WorkerProcess> = (0..3).map(|_| WorkerProcess::start(&topology, &environment)).collect();
     let prefix = unique_name("load");
-    let hour = Duration::from_secs(3600);
 
     let connection = broker::connect().await;
     let channel = connection.create_channel().await.unwrap();
@@ -361,12 +361,13 @@ async fn load_run_with_faults_loses_nothing() {
         } else {
             bad_input(index)
         };
-        let (input, output) = stage(&s3, &format!("{prefix}/{job_id}.npz"), bytes, hour).await;
-        broker::publish_job(
+        enqueue(
+            &s3,
             &channel,
             &topology,
-            &job_body(&job_id, &input, &output),
-            BasicProperties::default(),
+            &format!("{prefix}/{job_id}.npz"),
+            bytes,
+            &job_id,
         )
         .await;
         expected_status.insert(job_id, if index < GOOD_JOBS { "OK" } else { "ERROR" });

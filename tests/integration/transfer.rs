@@ -7,7 +7,8 @@ use thrombseg::transfer::{TransferError, TransferSettings, Transfers};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-/// A server that answers every request with `respond(path)` and counts the requests.
+/// Loopback server that replies to every request with `respond(base, path)` and counts the
+/// requests.
 struct TestServer {
     base: String,
     requests: Arc<AtomicUsize>,

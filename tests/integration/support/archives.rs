@@ -7,7 +7,7 @@ use ndarray::{Array3, ArrayD, arr0};
 use ndarray_npy::{NpzReader, NpzWriter, ReadableElement, WritableElement, WriteNpyExt};
 use zip::write::SimpleFileOptions;
 
-/// An uncompressed archive with `volume`, `non_mdc_mean` and `non_mdc_var`.
+/// Builds an uncompressed archive with `volume`, `non_mdc_mean` and `non_mdc_var`.
 pub fn valid_npz<A: WritableElement>(volume: &Array3<A>, mean: f64, variance: f64) -> Vec<u8> {
     let mut writer = NpzWriter::new(Cursor::new(Vec::new()));
     writer.add_array("volume", volume).unwrap();
@@ -16,14 +16,14 @@ pub fn valid_npz<A: WritableElement>(volume: &Array3<A>, mean: f64, variance: f6
     writer.finish().unwrap().into_inner()
 }
 
-/// The `.npy` bytes of `array`.
+/// Returns the `.npy` bytes of `array`.
 pub fn npy_bytes<T: WriteNpyExt + ?Sized>(array: &T) -> Vec<u8> {
     let mut bytes = Vec::new();
     array.write_npy(&mut bytes).unwrap();
     bytes
 }
 
-/// A stored (uncompressed) zip archive of the given members.
+/// Builds a stored (uncompressed) zip archive of the given members.
 pub fn zip_of(members: &[(&str, Vec<u8>)]) -> Vec<u8> {
     let mut writer = zip::ZipWriter::new(Cursor::new(Vec::new()));
     let options = SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
@@ -49,7 +49,7 @@ pub fn raw_npy(header: &str, data: &[u8]) -> Vec<u8> {
     bytes
 }
 
-/// The two statistics members of a valid archive.
+/// Returns the two statistics members of a valid archive.
 pub fn statistics_members(mean: f64, variance: f64) -> Vec<(&'static str, Vec<u8>)> {
     vec![
         ("non_mdc_mean.npy", npy_bytes(&arr0(mean))),
@@ -63,7 +63,7 @@ pub fn read_member<A: ReadableElement>(bytes: &[u8], name: &str) -> ArrayD<A> {
     reader.by_name(name).unwrap_or_else(|e| panic!("{name}: {e}"))
 }
 
-/// The member names of an `.npz` file without `.npy`, sorted.
+/// Returns the member names of an `.npz` file without `.npy`, sorted.
 pub fn member_names(bytes: &[u8]) -> Vec<String> {
     let mut reader = NpzReader::new(Cursor::new(bytes)).unwrap();
     let mut names: Vec<String> = reader

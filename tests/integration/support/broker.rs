@@ -39,7 +39,7 @@ impl TestTopology {
         }
     }
 
-    /// The `THROMBSEG_*` variables that point a worker or `submit` at this topology.
+    /// Returns the `THROMBSEG_*` variables that point a worker or `submit` at this topology.
     pub fn environment(&self) -> Vec<(&'static str, String)> {
         vec![
             ("THROMBSEG_AMQP_URL", AMQP_URL.to_owned()),

@@ -19,7 +19,7 @@ pub const MASK_TOLERANCE: f64 = 1e-4;
 /// Largest absolute logit difference allowed against MONAI's.
 pub const LOGIT_TOLERANCE: f32 = 1e-3;
 
-/// The repository root.
+/// Returns the repository root.
 pub fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
@@ -28,12 +28,12 @@ pub fn fixture(relative: &str) -> PathBuf {
     repo().join("fixtures").join(relative)
 }
 
-/// The `thrombseg` binary built for this test run.
+/// Returns the `thrombseg` binary built for this test run.
 pub fn binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_thrombseg"))
 }
 
-/// The ONNX Runtime library that `scripts/fetch-onnxruntime` installed.
+/// Returns the ONNX Runtime library that `scripts/fetch-onnxruntime` installed.
 pub fn onnxruntime_library() -> PathBuf {
     static LIBRARY: OnceLock<PathBuf> = OnceLock::new();
     LIBRARY
@@ -69,7 +69,7 @@ pub fn tiny_bundle() -> tempfile::TempDir {
     dir
 }
 
-/// A fresh temporary folder, removed when dropped.
+/// Creates a fresh temporary folder, removed when dropped.
 pub fn temp_dir() -> tempfile::TempDir {
     tempfile::Builder::new()
         .prefix("thrombseg-test-")
@@ -77,7 +77,7 @@ pub fn temp_dir() -> tempfile::TempDir {
         .expect("a temporary folder")
 }
 
-/// A name no other test or run uses, for queues and buckets.
+/// Returns a name no other test or run uses, for queues and buckets.
 pub fn unique_name(prefix: &str) -> String {
     format!("{prefix}-{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
 }

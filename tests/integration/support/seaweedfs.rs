@@ -49,7 +49,7 @@ impl SeaweedFs {
         aws_sdk_s3::Client::from_conf(config)
     }
 
-    /// The `AWS_*` variables a `thrombseg submit` process needs to reach this server.
+    /// Returns the `AWS_*` variables a `thrombseg submit` process needs to reach this server.
     pub fn aws_environment(&self) -> Vec<(&'static str, String)> {
         vec![
             ("AWS_ENDPOINT_URL", self.endpoint.clone()),
@@ -121,7 +121,7 @@ fn start() -> SeaweedFs {
     server
 }
 
-/// Polls until the S3 port answers a request for [`BUCKET`]. Runs on its own thread, so that
+/// Polls until the S3 port serves a request for [`BUCKET`]. Runs on its own thread, so that
 /// it works when called from inside an async test.
 fn wait_until_ready(server: &SeaweedFs, port: u16) {
     let address = SocketAddr::from(([127, 0, 0, 1], port));
