@@ -2,15 +2,15 @@
 //! windowing, median filter, rescale, sliding-window tiling and blending, argmax and npz
 //! encoding. Run with `cargo bench --bench stages`.
 
-use std::convert::Infallible;
 use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use ndarray::{Array3, Array4, Array5};
 use thrombseg::preprocess::{IntensityWindow, apply_window, median_filter_3x3x3, rescale_to_unit_range};
-use thrombseg::segmentation::argmax_mask;
-use thrombseg::segmentation::sliding::sliding_window_inference;
+use thrombseg::segmentation::model::{BundleManifest, InferenceError, Network};
+use thrombseg::segmentation::sliding::{Blend, sliding_window_inference};
+use thrombseg::segmentation::{argmax_mask, positive_mask, run_slices};
 use thrombseg::volume::{MaskArchive, ReadLimits, encode_masks, read_npz};
 
 fn atlas() -> Array3<f32> {
@@ -44,24 +44,46 @@ fn preprocessing(c: &mut Criterion) {
     });
 }
 
+/// A network that returns zeros, to isolate padding, window gathering, blending and cropping.
+struct Zeros;
+
+impl Network for Zeros {
+    fn run(&mut self, windows: ndarray::ArrayView4<f32>) -> Result<Array5<f32>, InferenceError> {
+        let (n, h, w, d) = windows.dim();
+        Ok(Array5::zeros((n, 2, h, w, d)))
+    }
+}
+
 fn sliding_and_masks(c: &mut Criterion) {
     let voxels = atlas();
+    let bundle = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/models");
+    let manifest = BundleManifest::read(std::path::Path::new(bundle)).expect("the committed bundle");
+    let spec_2d = manifest.networks.two_d;
 
-    // A network that returns zeros isolates padding, window gathering, blending and cropping.
-    let zeros = |windows: ndarray::ArrayView4<f32>| {
-        let (n, h, w, d) = windows.dim();
-        Ok::<_, Infallible>(Array5::<f32>::zeros((n, 2, h, w, d)))
-    };
-    c.bench_function("sliding 3-D tiling and blending atlas", |b| {
-        b.iter(|| sliding_window_inference(voxels.view(), [256, 256, 64], 0.25, 1, zeros).unwrap())
-    });
-    c.bench_function("sliding 2-D tiling and blending atlas", |b| {
-        b.iter(|| sliding_window_inference(voxels.view(), [256, 256, 1], 0.25, 16, zeros).unwrap())
-    });
+    for (name, blend) in [
+        ("logit difference", Blend::LogitDifference),
+        ("both logits", Blend::Logits),
+    ] {
+        c.bench_function(&format!("sliding 3-D blending, {name}, atlas"), |b| {
+            b.iter(|| {
+                sliding_window_inference(voxels.view(), [256, 256, 64], 0.25, 1, blend, |windows| {
+                    Zeros.run(windows)
+                })
+                .unwrap()
+            })
+        });
+        c.bench_function(&format!("sliding 2-D blending, {name}, atlas"), |b| {
+            b.iter(|| run_slices(voxels.view(), &spec_2d, 4, blend, &mut Zeros).unwrap())
+        });
+    }
 
     let (h, w, d) = voxels.dim();
     let logits = Array4::from_shape_fn((2, h, w, d), |(c, i, j, k)| ((i * 7 + j * 3 + k + c * 5) % 11) as f32);
     c.bench_function("argmax atlas", |b| b.iter(|| argmax_mask(black_box(&logits))));
+    let difference = Array4::from_shape_fn((1, h, w, d), |(_, i, j, k)| ((i * 7 + j * 3 + k) % 11) as f32 - 5.0);
+    c.bench_function("sign mask atlas", |b| {
+        b.iter(|| positive_mask(black_box(difference.view())))
+    });
 
     let mask = argmax_mask(&logits);
     let archive = MaskArchive {

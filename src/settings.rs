@@ -6,8 +6,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::segmentation::model::SessionOptions;
-use crate::segmentation::runtime::{self, RuntimeError};
+use crate::segmentation::model::{DEFAULT_SLICE_BATCH, SessionOptions};
+use crate::segmentation::providers::{Provider, ProviderChoice};
+use crate::segmentation::runtime;
 use crate::transfer::{TransferSettings, UploadMethod, UrlPolicy};
 use crate::volume::ReadLimits;
 
@@ -22,9 +23,30 @@ pub struct ModelArgs {
     #[arg(long)]
     pub onnxruntime: Option<PathBuf>,
 
-    /// Threads ONNX Runtime uses inside one operator; 0 lets it use one per core.
+    /// Threads ONNX Runtime uses inside one operator; 0 means one per CPU this process may use.
     #[arg(long, env = "THROMBSEG_INTRA_THREADS", default_value_t = 0)]
     pub intra_threads: usize,
+
+    /// Execution providers in order of preference, comma-separated: cuda and tensorrt need
+    /// the onnxruntime-gpu library; cpu, when listed, comes last.
+    #[arg(
+        long,
+        env = "THROMBSEG_EXECUTION_PROVIDERS",
+        value_enum,
+        value_delimiter = ',',
+        default_value = "cpu"
+    )]
+    pub execution_providers: Vec<Provider>,
+
+    /// Leave out an execution provider that fails to register, with a warning, instead of
+    /// stopping.
+    #[arg(long, env = "THROMBSEG_ALLOW_PROVIDER_FALLBACK")]
+    pub allow_provider_fallback: bool,
+
+    /// Axial slices the 2-D network takes per run. It changes speed and memory, not the masks;
+    /// 4 was fastest on a 2-core CPU, and GPUs want more.
+    #[arg(long, env = "THROMBSEG_SLICE_BATCH", default_value_t = DEFAULT_SLICE_BATCH as u16, value_parser = clap::value_parser!(u16).range(1..))]
+    pub slice_batch: u16,
 
     /// Largest volume accepted, in voxels.
     #[arg(long, env = "THROMBSEG_MAX_VOXELS", default_value_t = ReadLimits::default().max_voxels)]
@@ -33,10 +55,15 @@ pub struct ModelArgs {
 
 impl ModelArgs {
     /// Resolves the ONNX Runtime library and returns the session options.
-    pub fn session_options(&self) -> Result<SessionOptions, RuntimeError> {
+    pub fn session_options(&self) -> anyhow::Result<SessionOptions> {
+        let providers = ProviderChoice::new(self.execution_providers.clone(), self.allow_provider_fallback)
+            .map_err(|message| anyhow::anyhow!("invalid THROMBSEG_EXECUTION_PROVIDERS: {message}"))?;
         Ok(SessionOptions {
             library: runtime::locate_library(self.onnxruntime.as_deref())?,
             intra_threads: self.intra_threads,
+            providers,
+            slice_batch: usize::from(self.slice_batch),
+            profile_prefix: None,
         })
     }
 

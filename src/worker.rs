@@ -16,7 +16,8 @@ use crate::error::{Decision, ErrorKind, JobError, RetryPolicy, decide};
 use crate::job::{BundleInfo, EnvelopeError, JobRequest, RequestError, Stages, Status, StatusEnvelope, TransportIds};
 use crate::metrics::{DeadLetterReason, Metrics, Outcome};
 use crate::queue::{self, Publisher, ReplyTarget};
-use crate::segmentation::{Scores, Segmenter};
+use crate::segmentation::providers::Provider;
+use crate::segmentation::{self, Scores, Segmenter};
 use crate::transfer::{Transfers, redact};
 use crate::volume::{ReadLimits, encode_masks, read_npz};
 
@@ -30,8 +31,13 @@ const PERSISTENT: u8 = 2;
 pub struct JobContext {
     pub transfers: Transfers,
     pub segmenter: Arc<Mutex<Segmenter>>,
+    /// The bundle's intensity window half-width in standard deviations, for preprocessing
+    /// outside the model lock.
+    pub window_sigmas: f64,
     pub limits: ReadLimits,
     pub bundle: BundleInfo,
+    /// The execution provider that runs the networks first.
+    pub execution_provider: Provider,
     pub metrics: Arc<Metrics>,
     pub retry: RetryPolicy,
     /// Time a job may take from download to upload before it fails as transient.
@@ -138,10 +144,11 @@ async fn run_job(context: &JobContext, job: &JobRequest, stages: &mut Stages) ->
     let segmenter = Arc::clone(&context.segmenter);
     let limits = context.limits;
     let explain = job.explain;
+    let window_sigmas = context.window_sigmas;
     let compute_span = span.clone();
     let computed = tokio::task::spawn_blocking(move || {
         let _entered = compute_span.enter();
-        compute(&bytes, limits, &segmenter, explain)
+        compute(&bytes, limits, window_sigmas, &segmenter, explain)
     })
     .await
     .map_err(|e| JobError::Internal(e.to_string()))??;
@@ -175,6 +182,7 @@ struct Computed {
 fn compute(
     bytes: &[u8],
     limits: ReadLimits,
+    window_sigmas: f64,
     segmenter: &Mutex<Segmenter>,
     explain: bool,
 ) -> Result<Computed, JobError> {
@@ -182,12 +190,20 @@ fn compute(
     let volume = read_npz(bytes, limits)?;
     let decode_seconds = started.elapsed().as_secs_f64();
 
-    let segmentation = {
+    // Preprocessing needs no model, so it runs before taking the lock and overlaps another
+    // job's inference.
+    let started = Instant::now();
+    let input = segmentation::prepare(&volume, window_sigmas);
+    let preprocess_seconds = started.elapsed().as_secs_f64();
+
+    let mut segmentation = {
         let mut segmenter = segmenter
             .lock()
             .map_err(|_| JobError::Internal("model lock poisoned by an earlier panic".into()))?;
-        segmenter.segment(&volume, explain)?
+        segmenter.infer(&input, explain)?
     };
+    drop(input);
+    segmentation.timings.preprocess = preprocess_seconds;
 
     let started = Instant::now();
     let encoded = encode_masks(&segmentation.archive()).map_err(|e| JobError::Encode(e.to_string()))?;

@@ -3,6 +3,10 @@
 //! Prints per-stage seconds (the median of the runs), the arithmetic rate each network reached,
 //! counted from the bundle's GFLOP per window and the windows actually run, and the process's
 //! peak resident memory. Pods are sized from these numbers.
+//!
+//! With several inputs the jobs alternate between them, as a worker's queue mixes sizes, and
+//! the resident memory after each job shows whether it stays flat. `--profile` adds ONNX
+//! Runtime's time per operator type.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -11,6 +15,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::segmentation::model::NetworkSpec;
+use crate::segmentation::profile::{self, OperatorTime};
 use crate::segmentation::sliding::window_count;
 use crate::segmentation::{self, Segmenter};
 use crate::settings::ModelArgs;
@@ -33,6 +38,11 @@ pub struct BenchArgs {
     /// Keep the logits and scores as an explained job does.
     #[arg(long)]
     pub explain: bool,
+
+    /// Profile ONNX Runtime and print the kernel time per operator type of each network,
+    /// summed over all runs. Profiling adds a little time to every operator.
+    #[arg(long)]
+    pub profile: bool,
 
     #[command(flatten)]
     pub model: ModelArgs,
@@ -79,6 +89,17 @@ struct Report {
     branch_2d: BranchWork,
     /// Peak resident memory of the process so far, in bytes.
     peak_rss_bytes: Option<u64>,
+    /// Resident memory right after each run of this input, in bytes.
+    rss_after_runs_bytes: Vec<u64>,
+    execution_provider: &'static str,
+}
+
+/// One input's runs so far.
+struct InputRuns<'a> {
+    input: &'a Path,
+    shape: [usize; 3],
+    runs: Vec<RunSeconds>,
+    rss_after_runs: Vec<u64>,
 }
 
 /// Work done by one network over a volume.
@@ -114,83 +135,123 @@ pub fn run(args: BenchArgs) -> ExitCode {
 }
 
 fn bench(args: &BenchArgs) -> anyhow::Result<()> {
+    let scratch = tempfile_dir()?;
+    let mut options = args.model.session_options()?;
+    if args.profile {
+        options.profile_prefix = Some(scratch.join("profile"));
+    }
+
     let started = Instant::now();
     let bundle_dir = segmentation::locate_bundle(args.model.bundle.as_deref())?;
-    let mut segmenter = Segmenter::load(&bundle_dir, &args.model.session_options()?)?;
+    let mut segmenter = Segmenter::load(&bundle_dir, &options)?;
     let load_seconds = started.elapsed().as_secs_f64();
     if !args.json {
         let manifest = segmenter.manifest();
         println!(
-            "bundle {} {} loaded in {load_seconds:.2} s; {} run(s) per input, median seconds",
-            manifest.name, manifest.version, args.repeat
+            "bundle {} {} loaded in {load_seconds:.2} s on {}; {} run(s) per input, median seconds",
+            manifest.name,
+            manifest.version,
+            segmenter.provider(),
+            args.repeat
         );
     }
 
-    let scratch = tempfile_dir()?;
-    for input in &args.inputs {
-        let report = bench_input(args, &mut segmenter, input, &scratch)?;
+    let mut inputs: Vec<InputRuns> = args
+        .inputs
+        .iter()
+        .map(|input| InputRuns {
+            input,
+            shape: [0; 3],
+            runs: Vec::new(),
+            rss_after_runs: Vec::new(),
+        })
+        .collect();
+    let mut rss_after_jobs = Vec::new();
+    for _ in 0..args.repeat {
+        for input in &mut inputs {
+            let (seconds, shape) = run_job(args, &mut segmenter, input.input, &scratch)?;
+            input.shape = shape;
+            input.runs.push(seconds);
+            let rss = resident_bytes("VmRSS:").unwrap_or(0);
+            input.rss_after_runs.push(rss);
+            rss_after_jobs.push(rss);
+        }
+    }
+
+    for input in &inputs {
+        let report = summarize_runs(&segmenter, input);
         if args.json {
             println!("{}", serde_json::to_string(&report)?);
         } else {
             print_table(&report);
         }
     }
+    if !args.json {
+        print_memory_trend(&rss_after_jobs);
+    }
+    if args.profile {
+        print_profiles(&mut segmenter, args.json)?;
+    }
     let _ = std::fs::remove_dir_all(&scratch);
     Ok(())
 }
 
-fn bench_input(args: &BenchArgs, segmenter: &mut Segmenter, input: &Path, scratch: &Path) -> anyhow::Result<Report> {
+/// Runs one whole job from the file `input`; returns its stage times and the volume's shape.
+fn run_job(
+    args: &BenchArgs,
+    segmenter: &mut Segmenter,
+    input: &Path,
+    scratch: &Path,
+) -> anyhow::Result<(RunSeconds, [usize; 3])> {
     let limits = args.model.read_limits();
     let output = scratch.join("masks.npz");
-    let mut runs = Vec::new();
-    let mut shape = [0; 3];
+    let mut seconds = RunSeconds::default();
 
-    for _ in 0..args.repeat {
-        let mut seconds = RunSeconds::default();
+    let started = Instant::now();
+    let bytes = std::fs::read(input).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", input.display()))?;
+    seconds.read = started.elapsed().as_secs_f64();
 
-        let started = Instant::now();
-        let bytes = std::fs::read(input).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", input.display()))?;
-        seconds.read = started.elapsed().as_secs_f64();
+    let started = Instant::now();
+    let volume = read_npz(&bytes, limits)?;
+    drop(bytes);
+    seconds.decode = started.elapsed().as_secs_f64();
+    let (h, w, d) = volume.voxels.dim();
 
-        let started = Instant::now();
-        let volume = read_npz(&bytes, limits)?;
-        drop(bytes);
-        seconds.decode = started.elapsed().as_secs_f64();
-        let (h, w, d) = volume.voxels.dim();
-        shape = [h, w, d];
+    let segmentation = segmenter.segment(&volume, args.explain)?;
+    seconds.preprocess = segmentation.timings.preprocess;
+    seconds.infer_3d = segmentation.timings.infer_3d;
+    seconds.infer_2d = segmentation.timings.infer_2d;
+    seconds.postprocess = segmentation.timings.postprocess;
 
-        let segmentation = segmenter.segment(&volume, args.explain)?;
-        seconds.preprocess = segmentation.timings.preprocess;
-        seconds.infer_3d = segmentation.timings.infer_3d;
-        seconds.infer_2d = segmentation.timings.infer_2d;
-        seconds.postprocess = segmentation.timings.postprocess;
+    let started = Instant::now();
+    let encoded = encode_masks(&segmentation.archive())?;
+    seconds.encode = started.elapsed().as_secs_f64();
 
-        let started = Instant::now();
-        let encoded = encode_masks(&segmentation.archive())?;
-        seconds.encode = started.elapsed().as_secs_f64();
+    let started = Instant::now();
+    std::fs::write(&output, &encoded)?;
+    seconds.write = started.elapsed().as_secs_f64();
 
-        let started = Instant::now();
-        std::fs::write(&output, &encoded)?;
-        seconds.write = started.elapsed().as_secs_f64();
+    Ok((seconds, [h, w, d]))
+}
 
-        runs.push(seconds);
-    }
-
-    let median_seconds = median_run(&runs);
+fn summarize_runs(segmenter: &Segmenter, input: &InputRuns) -> Report {
+    let median_seconds = median_run(&input.runs);
     let networks = &segmenter.manifest().networks;
     let total_seconds = median_seconds.total();
     let network_seconds = median_seconds.infer_3d + median_seconds.infer_2d;
-    Ok(Report {
-        input: input.display().to_string(),
-        shape,
-        runs: args.repeat,
+    Report {
+        input: input.input.display().to_string(),
+        shape: input.shape,
+        runs: input.runs.len() as u32,
         median_seconds,
         total_seconds,
         outside_networks_fraction: (total_seconds - network_seconds) / total_seconds,
-        branch_3d: BranchWork::new(&networks.three_d, shape, median_seconds.infer_3d),
-        branch_2d: BranchWork::new(&networks.two_d, shape, median_seconds.infer_2d),
-        peak_rss_bytes: peak_resident_bytes(),
-    })
+        branch_3d: BranchWork::new(&networks.three_d, input.shape, median_seconds.infer_3d),
+        branch_2d: BranchWork::new(&networks.two_d, input.shape, median_seconds.infer_2d),
+        peak_rss_bytes: resident_bytes("VmHWM:"),
+        rss_after_runs_bytes: input.rss_after_runs.clone(),
+        execution_provider: segmenter.provider().as_str(),
+    }
 }
 
 /// Takes the median of each stage separately.
@@ -247,10 +308,69 @@ fn print_table(report: &Report) {
     }
 }
 
-/// Reads the process's peak resident set size (`VmHWM`) from `/proc/self/status`.
-fn peak_resident_bytes() -> Option<u64> {
+/// Prints the resident memory after the first, the fifth and the last jobs, so that growth
+/// across jobs shows.
+fn print_memory_trend(rss_after_jobs: &[u64]) {
+    let megabytes = |bytes: u64| bytes as f64 / 1e6;
+    let (Some(&first), Some(&last)) = (rss_after_jobs.first(), rss_after_jobs.last()) else {
+        return;
+    };
+    let fifth = rss_after_jobs.get(4).copied().unwrap_or(last);
+    let largest = rss_after_jobs.iter().copied().max().unwrap_or(last);
+    println!();
+    println!(
+        "resident memory after {} jobs: first {:.0} MB, fifth {:.0} MB, last {:.0} MB, largest {:.0} MB",
+        rss_after_jobs.len(),
+        megabytes(first),
+        megabytes(fifth),
+        megabytes(last),
+        megabytes(largest)
+    );
+}
+
+/// Ends profiling and prints the kernel time per operator type of each network.
+fn print_profiles(segmenter: &mut Segmenter, json: bool) -> anyhow::Result<()> {
+    let mut profiles = serde_json::Map::new();
+    for file in segmenter.end_profiling()? {
+        let name = file.file_name().map(|name| name.to_string_lossy().into_owned());
+        let network = if name.is_some_and(|name| name.contains("-3d")) {
+            "3d"
+        } else {
+            "2d"
+        };
+        let times = profile::summarize_file(&file)?;
+
+        if json {
+            profiles.insert(network.to_owned(), serde_json::to_value(&times)?);
+            continue;
+        }
+        println!();
+        println!("{network} network, kernel time per operator type over all runs:");
+        for time in times.iter().take(12) {
+            print_operator(time);
+        }
+    }
+    if json {
+        println!("{}", serde_json::json!({ "profile": profiles }));
+    }
+    Ok(())
+}
+
+fn print_operator(time: &OperatorTime) {
+    println!(
+        "  {:<24}{:>9.3} s {:>6.1}%  {:>6} calls",
+        time.operator,
+        time.seconds,
+        time.share * 100.0,
+        time.calls
+    );
+}
+
+/// Reads one memory field of `/proc/self/status` in bytes: `VmHWM:` is the peak resident set,
+/// `VmRSS:` the current one.
+fn resident_bytes(field: &str) -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|line| line.starts_with("VmHWM:"))?;
+    let line = status.lines().find(|line| line.starts_with(field))?;
     let kilobytes: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kilobytes * 1024)
 }

@@ -49,11 +49,10 @@ pub fn run(args: SegmentArgs) -> ExitCode {
     let segmenter = match args
         .model
         .session_options()
-        .map_err(segmentation::model::BundleError::from)
-        .and_then(|options| Segmenter::load(&bundle_dir, &options))
+        .and_then(|options| Ok(Segmenter::load(&bundle_dir, &options)?))
     {
         Ok(segmenter) => segmenter,
-        Err(error) => return startup_failure(&error),
+        Err(error) => return startup_failure(error.as_ref()),
     };
     let bundle = BundleInfo {
         name: segmenter.manifest().name.clone(),

@@ -98,8 +98,9 @@ async fn serve(args: WorkerArgs) -> anyhow::Result<()> {
     });
 
     let context = Arc::new(load_context(&args, &metrics).await?);
-    readiness.set_model_ready("cpu");
-    metrics.set_execution_provider("cpu");
+    let provider = context.execution_provider.as_str();
+    readiness.set_model_ready(provider);
+    metrics.set_execution_provider(provider);
 
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
@@ -196,14 +197,23 @@ async fn load_context(args: &WorkerArgs, metrics: &Arc<Metrics>) -> anyhow::Resu
         name: segmenter.manifest().name.clone(),
         version: segmenter.manifest().version.clone(),
     };
+    let execution_provider = segmenter.provider();
     metrics.set_bundle(&bundle.name, &bundle.version);
-    tracing::info!(bundle = %bundle.name, version = %bundle.version, execution_provider = "cpu", "model bundle loaded and tested");
+    tracing::info!(
+        bundle = %bundle.name,
+        version = %bundle.version,
+        execution_provider = execution_provider.as_str(),
+        "model bundle loaded and tested"
+    );
 
+    let window_sigmas = segmenter.manifest().window_sigmas;
     Ok(JobContext {
         transfers: Transfers::new(args.transfer.settings())?,
+        window_sigmas,
         segmenter: Arc::new(Mutex::new(segmenter)),
         limits: args.model.read_limits(),
         bundle,
+        execution_provider,
         metrics: Arc::clone(metrics),
         retry: retry_policy(args),
         job_deadline: Duration::from_secs(args.job_deadline_seconds),

@@ -4,24 +4,29 @@
 //! [`StageTimings`] this module fills.
 
 pub mod model;
+pub mod profile;
+pub mod providers;
 pub mod runtime;
 pub mod sliding;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use ndarray::{Array3, Array4, Axis, Zip};
+use ndarray::{Array3, Array4, ArrayView3, ArrayView4, Axis, Zip};
 
 use crate::preprocess::{IntensityWindow, preprocess};
 use crate::volume::{CtVolume, ExplainArrays, MaskArchive};
 use model::{BundleError, BundleManifest, InferenceError, Network, NetworkSpec, OrtNetwork, SessionOptions};
-use sliding::sliding_window_inference;
+use providers::Provider;
+use sliding::{Blend, sliding_window_inference};
 
 /// A loaded bundle: its manifest and one session per network.
 pub struct Segmenter {
     manifest: BundleManifest,
     net_3d: Box<dyn Network>,
     net_2d: Box<dyn Network>,
+    provider: Provider,
+    slice_batch: usize,
 }
 
 /// Seconds spent in each compute stage of one job.
@@ -65,15 +70,23 @@ impl Segmenter {
         manifest.verify_hashes(dir)?;
         let net_3d = OrtNetwork::load("3d", dir, &manifest.networks.three_d, options)?;
         let net_2d = OrtNetwork::load("2d", dir, &manifest.networks.two_d, options)?;
-        Ok(Self::with_networks(manifest, Box::new(net_3d), Box::new(net_2d)))
+        let provider = net_3d.provider();
+        let mut segmenter = Self::with_networks(manifest, Box::new(net_3d), Box::new(net_2d));
+        segmenter.provider = provider;
+        segmenter.slice_batch = options.slice_batch.max(1);
+        Ok(segmenter)
     }
 
-    /// Builds a segmenter from networks created elsewhere, such as test doubles.
+    /// Builds a segmenter from networks created elsewhere, such as test doubles. The 2-D
+    /// network then takes the bundle's batch size.
     pub fn with_networks(manifest: BundleManifest, net_3d: Box<dyn Network>, net_2d: Box<dyn Network>) -> Self {
+        let slice_batch = manifest.networks.two_d.batch_size;
         Self {
             manifest,
             net_3d,
             net_2d,
+            provider: Provider::Cpu,
+            slice_batch,
         }
     }
 
@@ -81,32 +94,78 @@ impl Segmenter {
         &self.manifest
     }
 
+    /// The execution provider that runs the networks first.
+    pub fn provider(&self) -> Provider {
+        self.provider
+    }
+
+    /// Ends profiling of both networks and returns the profile files written.
+    pub fn end_profiling(&mut self) -> Result<Vec<PathBuf>, InferenceError> {
+        [self.net_3d.as_mut(), self.net_2d.as_mut()]
+            .into_iter()
+            .filter_map(|network| network.end_profiling())
+            .collect()
+    }
+
     /// Segments `volume` with both networks.
     pub fn segment(&mut self, volume: &CtVolume, explain: bool) -> Result<Segmentation, InferenceError> {
+        let started = Instant::now();
+        let input = prepare(volume, self.manifest.window_sigmas);
+        let preprocess_seconds = started.elapsed().as_secs_f64();
+
+        let mut segmentation = self.infer(&input, explain)?;
+        segmentation.timings.preprocess = preprocess_seconds;
+        Ok(segmentation)
+    }
+
+    /// Runs both networks on a volume that [`prepare`] returned. The preprocess time of the
+    /// result is zero; the caller timed that stage.
+    pub fn infer(&mut self, input: &Array3<f32>, explain: bool) -> Result<Segmentation, InferenceError> {
         let mut timings = StageTimings::default();
 
-        let started = Instant::now();
-        let window =
-            IntensityWindow::from_statistics(volume.non_mdc_mean, volume.non_mdc_var, self.manifest.window_sigmas);
-        let input = preprocess(&volume.voxels, window);
-        timings.preprocess = started.elapsed().as_secs_f64();
+        // Without an explanation only the argmax is needed, and for two classes that is the
+        // sign of the logit difference: one accumulator instead of two.
+        let blend = if explain { Blend::Logits } else { Blend::LogitDifference };
 
         let started = Instant::now();
-        let logits_3d = run_branch(&input, &self.manifest.networks.three_d, self.net_3d.as_mut())?;
+        let spec_3d = &self.manifest.networks.three_d;
+        let output_3d = sliding_window_inference(
+            input.view(),
+            spec_3d.roi_3d(),
+            spec_3d.overlap,
+            spec_3d.batch_size,
+            blend,
+            |windows| self.net_3d.run(windows),
+        )?;
         timings.infer_3d = started.elapsed().as_secs_f64();
 
         let started = Instant::now();
-        let logits_2d = run_branch(&input, &self.manifest.networks.two_d, self.net_2d.as_mut())?;
+        let output_2d = run_slices(
+            input.view(),
+            &self.manifest.networks.two_d,
+            self.slice_batch,
+            blend,
+            self.net_2d.as_mut(),
+        )?;
         timings.infer_2d = started.elapsed().as_secs_f64();
 
         let started = Instant::now();
-        let pred_3d = argmax_mask(&logits_3d);
-        let pred_2d = argmax_mask(&logits_2d);
-        let explain = explain.then(|| Explanation {
-            scores: softmax_scores(&logits_3d),
-            logits_2d,
-            logits_3d,
-        });
+        let (pred_3d, pred_2d, explain) = match blend {
+            Blend::LogitDifference => (positive_mask(output_3d.view()), positive_mask(output_2d.view()), None),
+            Blend::Logits => {
+                let logits_2d = output_2d.as_standard_layout().into_owned();
+                let explanation = Explanation {
+                    scores: softmax_scores(&output_3d),
+                    logits_2d,
+                    logits_3d: output_3d,
+                };
+                (
+                    argmax_mask(&explanation.logits_3d),
+                    argmax_mask(&explanation.logits_2d),
+                    Some(explanation),
+                )
+            }
+        };
         timings.postprocess = started.elapsed().as_secs_f64();
 
         Ok(Segmentation {
@@ -116,6 +175,14 @@ impl Segmenter {
             timings,
         })
     }
+}
+
+/// Windows, median-filters and rescales `volume` for the networks, with the window width in
+/// standard deviations from the bundle. It needs no model, so it can run while another job
+/// holds the networks.
+pub fn prepare(volume: &CtVolume, window_sigmas: f64) -> Array3<f32> {
+    let window = IntensityWindow::from_statistics(volume.non_mdc_mean, volume.non_mdc_var, window_sigmas);
+    preprocess(&volume.voxels, window)
 }
 
 impl Segmentation {
@@ -134,14 +201,50 @@ impl Segmentation {
     }
 }
 
-fn run_branch(
-    input: &Array3<f32>,
+/// Runs the 2-D network over every axial slice; returns the blended output as a
+/// (channels, H, W, D) view of a (channels, D, H, W) array.
+///
+/// The volume is turned to (D, H, W) first, so that each slice window and its logits are
+/// contiguous: accumulating slices of an (H, W, D) array touches one cache line per voxel.
+pub fn run_slices(
+    input: ArrayView3<f32>,
     spec: &NetworkSpec,
+    slice_batch: usize,
+    blend: Blend,
     network: &mut dyn Network,
 ) -> Result<Array4<f32>, InferenceError> {
-    sliding_window_inference(input.view(), spec.roi_3d(), spec.overlap, spec.batch_size, |windows| {
-        network.run(windows)
-    })
+    let slices_first = input.permuted_axes([2, 0, 1]).as_standard_layout().into_owned();
+    let [rh, rw, _] = spec.roi_3d();
+
+    let output = sliding_window_inference(
+        slices_first.view(),
+        [1, rh, rw],
+        spec.overlap,
+        slice_batch,
+        blend,
+        |windows| {
+            // (n, 1, h, w) and (n, h, w, 1) have the same memory order, and so have the logits'
+            // (n, c, h, w, 1) and (n, c, 1, h, w): both reshapes are free.
+            let (n, _, h, w) = windows.dim();
+            let windows = windows
+                .into_shape_with_order((n, h, w, 1))
+                .expect("a window batch is contiguous");
+            let logits = network.run(windows)?;
+            let channels = logits.dim().1;
+            Ok(logits
+                .into_shape_with_order((n, channels, 1, h, w))
+                .expect("network output is contiguous"))
+        },
+    )?;
+    Ok(output.permuted_axes([0, 2, 3, 1]))
+}
+
+/// Returns 1 where the summed logit difference (1, H, W, D) is positive. A zero is a tie, and
+/// a tie is background, as `torch.argmax` returns the first maximum.
+pub fn positive_mask(difference: ArrayView4<f32>) -> Array3<u8> {
+    let difference = difference.index_axis_move(Axis(0), 0);
+    let mask = difference.map(|&d| u8::from(d > 0.0));
+    mask.as_standard_layout().into_owned()
 }
 
 /// Takes the argmax over the two channels of (2, H, W, D) logits; a tie is background, as

@@ -8,7 +8,7 @@
 //! of (256, 256, 64), and the 2-D network takes windows of (256, 256, 1). Each axial slice is
 //! then its own window along D, exactly as MONAI treats a batch of slices.
 
-use ndarray::{Array3, Array4, Array5, ArrayView3, ArrayView4, Axis, s};
+use ndarray::{Array3, Array4, Array5, ArrayView3, ArrayView4, Axis, Zip, s};
 
 /// Window layout along one padded axis.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -67,17 +67,32 @@ pub fn window_count(size: [usize; 3], roi: [usize; 3], overlap: f32) -> usize {
         .product()
 }
 
-/// Runs `network` over every window of `image` and returns the blended logits, shape
-/// (channels, H, W, D).
+/// What [`sliding_window_inference`] accumulates over the windows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Blend {
+    /// Every channel, averaged over the windows that cover a voxel, as MONAI returns it.
+    Logits,
+    /// The sum over windows of channel 1 minus channel 0 of a two-channel network, not divided
+    /// by the window count. Its sign is the argmax, in half the memory of [`Blend::Logits`].
+    LogitDifference,
+}
+
+/// Runs `network` over every window of `image` and returns the blended output, shape
+/// (channels, H, W, D): the network's channels for [`Blend::Logits`], one for
+/// [`Blend::LogitDifference`].
 ///
 /// `network` receives a batch of windows shaped (n, rh, rw, rd), with n at most
 /// `batch_size`, and returns their logits shaped (n, channels, rh, rw, rd). Windows are taken
 /// in MONAI's order, with the last axis varying fastest.
+///
+/// # Panics
+/// With [`Blend::LogitDifference`], when the network returns other than two channels.
 pub fn sliding_window_inference<E>(
     image: ArrayView3<f32>,
     roi: [usize; 3],
     overlap: f32,
     batch_size: usize,
+    blend: Blend,
     mut network: impl FnMut(ArrayView4<f32>) -> Result<Array5<f32>, E>,
 ) -> Result<Array4<f32>, E> {
     let size = [image.dim().0, image.dim().1, image.dim().2];
@@ -101,7 +116,6 @@ pub fn sliding_window_inference<E>(
         .collect();
 
     let mut sum: Option<Array4<f32>> = None;
-    let mut count = Array3::<f32>::zeros(padded_dim);
     let mut batch = Array4::<f32>::zeros((batch_size.max(1), roi[0], roi[1], roi[2]));
 
     for chunk in windows.chunks(batch_size.max(1)) {
@@ -112,25 +126,17 @@ pub fn sliding_window_inference<E>(
         }
 
         let logits = network(batch.slice(s![..chunk.len(), .., .., ..]))?;
-        let channels = logits.dim().1;
+        let channels = match blend {
+            Blend::Logits => logits.dim().1,
+            Blend::LogitDifference => 1,
+        };
         let sum = sum.get_or_insert_with(|| Array4::zeros((channels, padded_dim.0, padded_dim.1, padded_dim.2)));
 
         for (slot, start) in chunk.iter().enumerate() {
-            let region = window_slice(*start, roi);
-            let window_logits = logits.index_axis(Axis(0), slot);
-            for channel in 0..channels {
-                let mut target = sum.index_axis_mut(Axis(0), channel);
-                let mut target = target.slice_mut(region);
-                target += &window_logits.index_axis(Axis(0), channel);
-            }
-            count.slice_mut(region).mapv_inplace(|c| c + 1.0);
+            add_window(sum, logits.index_axis(Axis(0), slot), window_slice(*start, roi), blend);
         }
     }
-
     let mut sum = sum.expect("every axis plan has at least one window");
-    for mut channel in sum.axis_iter_mut(Axis(0)) {
-        channel /= &count;
-    }
 
     let crop = s![
         ..,
@@ -138,7 +144,63 @@ pub fn sliding_window_inference<E>(
         plans[1].pad_before..plans[1].pad_before + size[1],
         plans[2].pad_before..plans[2].pad_before + size[2]
     ];
+    if blend == Blend::Logits {
+        divide_by_window_count(&mut sum, &plans, roi);
+    }
     Ok(sum.slice(crop).to_owned())
+}
+
+/// Adds one window's logits, shape (channels, rh, rw, rd), into `sum` over `region`.
+fn add_window(
+    sum: &mut Array4<f32>,
+    logits: ArrayView4<f32>,
+    region: ndarray::SliceInfo<[ndarray::SliceInfoElem; 3], ndarray::Ix3, ndarray::Ix3>,
+    blend: Blend,
+) {
+    match blend {
+        Blend::Logits => {
+            for (channel, window) in logits.axis_iter(Axis(0)).enumerate() {
+                let mut target = sum.index_axis_mut(Axis(0), channel);
+                Zip::from(target.slice_mut(region))
+                    .and(&window)
+                    .for_each(|total, &logit| *total += logit);
+            }
+        }
+        Blend::LogitDifference => {
+            assert_eq!(logits.dim().0, 2, "a logit difference needs a two-channel network");
+            let mut target = sum.index_axis_mut(Axis(0), 0);
+            Zip::from(target.slice_mut(region))
+                .and(logits.index_axis(Axis(0), 0))
+                .and(logits.index_axis(Axis(0), 1))
+                .for_each(|total, &background, &thrombus| *total += thrombus - background);
+        }
+    }
+}
+
+/// Divides every voxel by the number of windows that cover it, as MONAI's `count_map` does.
+///
+/// The windows form a grid, so that number is the product of the per-axis counts. Each factor
+/// is a small integer, so the product is exact in f32 and the division rounds as MONAI's does.
+fn divide_by_window_count(sum: &mut Array4<f32>, plans: &[AxisPlan], roi: [usize; 3]) {
+    let (_, h, w, d) = sum.dim();
+    let per_axis: Vec<Vec<f32>> = [h, w, d]
+        .iter()
+        .zip(plans)
+        .zip(roi)
+        .map(|((&len, plan), roi)| {
+            let mut counts = vec![0f32; len];
+            for &start in &plan.starts {
+                counts[start..start + roi].iter_mut().for_each(|count| *count += 1.0);
+            }
+            counts
+        })
+        .collect();
+
+    for mut channel in sum.axis_iter_mut(Axis(0)) {
+        Zip::indexed(&mut channel).for_each(|(i, j, k), total| {
+            *total /= per_axis[0][i] * per_axis[1][j] * per_axis[2][k];
+        });
+    }
 }
 
 fn window_slice(
@@ -233,7 +295,8 @@ mod tests {
     fn identity_network_returns_the_image() {
         let image = Array3::from_shape_fn((9, 7, 13), |(h, w, d)| (h * 100 + w * 10 + d) as f32);
 
-        let logits = sliding_window_inference(image.view(), [4, 8, 5], 0.25, 3, shifted_identity).unwrap();
+        let logits =
+            sliding_window_inference(image.view(), [4, 8, 5], 0.25, 3, Blend::Logits, shifted_identity).unwrap();
 
         assert_eq!(logits.dim(), (2, 9, 7, 13));
         for ((c, h, w, d), &v) in logits.indexed_iter() {
@@ -249,7 +312,7 @@ mod tests {
         let image = Array3::<f32>::ones((2, 2, 2));
         let mut seen_shapes = Vec::new();
 
-        let logits = sliding_window_inference(image.view(), [4, 4, 4], 0.25, 1, |batch| {
+        let logits = sliding_window_inference(image.view(), [4, 4, 4], 0.25, 1, Blend::Logits, |batch| {
             seen_shapes.push(batch.dim());
             let total: f32 = batch.sum();
             Ok::<_, Infallible>(Array5::from_elem((1, 1, 4, 4, 4), total))
@@ -268,7 +331,7 @@ mod tests {
         let mut call = 0;
         let starts = AxisPlan::new(6, 4, 0.5).starts;
         assert_eq!(starts, vec![0, 2]);
-        let logits = sliding_window_inference(image.view(), [1, 1, 4], 0.5, 1, |_| {
+        let logits = sliding_window_inference(image.view(), [1, 1, 4], 0.5, 1, Blend::Logits, |_| {
             let value = starts[call] as f32;
             call += 1;
             Ok::<_, Infallible>(Array5::from_elem((1, 1, 1, 1, 4), value))
@@ -284,12 +347,32 @@ mod tests {
         let image = Array3::<f32>::zeros((3, 3, 10));
         let mut sizes = Vec::new();
 
-        sliding_window_inference(image.view(), [3, 3, 1], 0.25, 4, |batch| {
+        sliding_window_inference(image.view(), [3, 3, 1], 0.25, 4, Blend::Logits, |batch| {
             sizes.push(batch.dim().0);
             Ok::<_, Infallible>(Array5::zeros((batch.dim().0, 2, 3, 3, 1)))
         })
         .unwrap();
 
         assert_eq!(sizes, vec![4, 4, 2]);
+    }
+
+    #[test]
+    fn logit_difference_sums_channel_one_minus_zero() {
+        // Windows along D start at 0 and 2; window k returns k + 1 as channel 0 and 4 as
+        // channel 1, so voxels 2 and 3, covered twice, sum (4 - 1) + (4 - 2).
+        let image = Array3::<f32>::zeros((1, 1, 6));
+        let mut call = 0.0;
+
+        let difference = sliding_window_inference(image.view(), [1, 1, 4], 0.5, 1, Blend::LogitDifference, |_| {
+            call += 1.0;
+            let mut out = Array5::from_elem((1, 2, 1, 1, 4), 4.0);
+            out.index_axis_mut(Axis(1), 0).fill(call);
+            Ok::<_, Infallible>(out)
+        })
+        .unwrap();
+
+        assert_eq!(difference.dim(), (1, 1, 1, 6));
+        let got: Vec<f32> = difference.iter().copied().collect();
+        assert_eq!(got, vec![3.0, 3.0, 5.0, 5.0, 2.0, 2.0]);
     }
 }

@@ -194,3 +194,87 @@ fn bench_reports_stages_work_and_memory() {
         "the networks alone need more"
     );
 }
+
+#[test]
+fn unavailable_provider_stops_with_clear_error() {
+    let dir = temp_dir();
+    let output_path = dir.path().join("masks.npz");
+
+    let output = segment(
+        &fixture("golden/small.input.npz"),
+        &output_path,
+        &["--execution-providers", "cuda,cpu"],
+    );
+
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("execution provider cuda failed to register"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("onnxruntime-gpu"), "{stderr}");
+    assert!(!output_path.exists(), "no output after a failed start");
+}
+
+#[test]
+fn provider_fallback_runs_on_cpu() {
+    let dir = temp_dir();
+    let output_path = dir.path().join("masks.npz");
+
+    let output = segment(
+        &fixture("golden/small.input.npz"),
+        &output_path,
+        &["--execution-providers", "tensorrt,cuda", "--allow-provider-fallback"],
+    );
+
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(stderr.contains("execution provider left out"), "{stderr}");
+    assert!(stderr.contains("tensorrt"), "{stderr}");
+    assert_eq!(envelope(&output)["status"], "OK");
+}
+
+#[test]
+fn provider_list_with_cpu_first_is_rejected() {
+    let dir = temp_dir();
+
+    let output = segment(
+        &fixture("golden/small.input.npz"),
+        &dir.path().join("masks.npz"),
+        &["--execution-providers", "cpu,cuda"],
+    );
+
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("cpu must come last"), "{stderr}");
+}
+
+#[test]
+fn bench_profile_lists_operators() {
+    let output = Command::new(binary())
+        .args(["bench", "--repeat", "1", "--json", "--profile"])
+        .arg(fixture("golden/small.input.npz"))
+        .env("ORT_DYLIB_PATH", onnxruntime_library())
+        .output()
+        .unwrap();
+
+    assert!(
+        output.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let lines: Vec<serde_json::Value> = stdout.lines().map(|line| serde_json::from_str(line).unwrap()).collect();
+    assert_eq!(lines.len(), 2, "a report and a profile: {stdout}");
+    assert_eq!(lines[0]["execution_provider"], "cpu");
+    assert_eq!(lines[0]["rss_after_runs_bytes"].as_array().unwrap().len(), 1);
+    for network in ["3d", "2d"] {
+        let operators = lines[1]["profile"][network].as_array().unwrap();
+        assert_eq!(
+            operators[0]["operator"], "Conv",
+            "{network}: convolutions take the most time"
+        );
+        let shares: f64 = operators.iter().map(|op| op["share"].as_f64().unwrap()).sum();
+        assert!((shares - 1.0).abs() < 1e-6, "{network}: shares sum to {shares}");
+    }
+}

@@ -9,7 +9,7 @@ use ndarray::Array3;
 use serde_json::Value;
 
 use crate::support::archives::{npy_bytes, read_member, valid_npz, zip_of};
-use crate::support::broker::{self, TestTopology, WorkerProcess};
+use crate::support::broker::{self, TestTopology, WorkerProcess, job_body};
 use crate::support::proxy::{FaultProxy, FaultRule};
 use crate::support::seaweedfs::{self, BUCKET, stage_job};
 use crate::support::{fixture, tiny_bundle, unique_name};
@@ -79,12 +79,6 @@ fn bad_input(index: usize) -> Vec<u8> {
         3 => zip_of(&[("volume.npy", npy_bytes(&Array3::<i16>::zeros((4, 4, 4))))]),
         _ => valid_npz(&Array3::from_elem((4, 4, 4), f32::NAN), 40.0, 400.0),
     }
-}
-
-fn job_body(job_id: &str, input: &str, output: &str) -> Vec<u8> {
-    serde_json::json!({"job_id": job_id, "input_file_url": input, "output_file_url": output})
-        .to_string()
-        .into_bytes()
 }
 
 async fn envelopes(
@@ -220,8 +214,13 @@ async fn storage_faults_are_retried_or_settled() {
         1.0
     );
     assert_eq!(metric(&text, "thrombseg_jobs_in_flight"), 0.0);
+    assert_eq!(
+        metric(&text, r#"thrombseg_execution_provider_info{provider="cpu"}"#),
+        1.0
+    );
     let (ready, body) = worker.http_get("/readyz").await;
     assert_eq!(ready, 200, "{body}");
+    assert!(body.contains(r#""execution_provider":"cpu""#), "{body}");
 
     assert!(worker.terminate().success());
 }

@@ -114,6 +114,13 @@ pub async fn connect() -> Connection {
         .expect("RabbitMQ listens on 127.0.0.1:5672 (start it with `rabbitmq-server -detached`)")
 }
 
+/// Returns the JSON body of a plain job.
+pub fn job_body(job_id: &str, input: &str, output: &str) -> Vec<u8> {
+    serde_json::json!({"job_id": job_id, "input_file_url": input, "output_file_url": output})
+        .to_string()
+        .into_bytes()
+}
+
 /// Publishes a raw job body to the job queue through the default exchange.
 pub async fn publish_job(channel: &Channel, topology: &TestTopology, body: &[u8], properties: BasicProperties) {
     channel

@@ -45,10 +45,7 @@ pub fn onnxruntime_library() -> PathBuf {
 
 /// Loads the committed default bundle.
 pub fn default_segmenter() -> Segmenter {
-    let options = SessionOptions {
-        library: onnxruntime_library(),
-        intra_threads: 0,
-    };
+    let options = SessionOptions::new(onnxruntime_library());
     Segmenter::load(&fixture("models"), &options).expect("the committed bundle loads")
 }
 
