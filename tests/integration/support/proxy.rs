@@ -3,9 +3,11 @@
 //! Requests pass through byte for byte, except that each is sent with `Connection: close`, so
 //! that every request opens a connection of its own and meets the fault rules. The header is
 //! not among those a pre-signed URL signs (`X-Amz-SignedHeaders=host`), so signatures stay
-//! valid. A request that matches a rule gets `503 Slow Down` with an S3 XML error body.
+//! valid. A request that matches a rule gets `503 Slow Down` with an S3 XML error body. A set
+//! latency delays every request, as a distant store would.
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -25,6 +27,8 @@ struct ProxyState {
     /// Chance in [0, 1) that any other GET fails, for load runs.
     random_get_failure: f64,
     injected: usize,
+    /// Wait before each request is answered or forwarded.
+    latency: Duration,
 }
 
 /// A running proxy; it stops with the test's runtime.
@@ -61,6 +65,13 @@ impl FaultProxy {
         self.state.lock().unwrap().random_get_failure = chance;
     }
 
+    /// Delays every later request by `latency`. The throughput benchmark uses it; the tests
+    /// do not.
+    #[allow(dead_code)]
+    pub fn set_latency(&self, latency: Duration) {
+        self.state.lock().unwrap().latency = latency;
+    }
+
     /// Number of 503 responses sent so far.
     pub fn injected(&self) -> usize {
         self.state.lock().unwrap().injected
@@ -89,6 +100,10 @@ async fn serve_connection(mut client: TcpStream, upstream_port: u16, state: &Mut
     let method = request_line.next().unwrap_or_default().to_owned();
     let path = request_line.next().unwrap_or_default().to_owned();
 
+    let latency = state.lock().unwrap().latency;
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
     if should_fail(state, &method, &path) {
         let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>SlowDown</Code><Message>injected by the test proxy</Message></Error>";
         let response = format!(
