@@ -1,13 +1,14 @@
 //! Job requests and status envelopes: the two JSON documents the platform exchanges with us.
 //!
 //! A request is either the plain form (`job_id`, `input_file_url`, `output_file_url`,
-//! `explain`) or one of the MLflow scoring shapes the existing platform sends
+//! `explain`, and `non_mdc_mean` and `non_mdc_var` for NIfTI inputs) or one of the MLflow scoring shapes the existing platform sends
 //! (`dataframe_split`, `dataframe_records`, `inputs`) carrying the two URL columns in one row.
 
 use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::segmentation::{Scores, StageTimings};
+use crate::volume::Statistics;
 
 /// Column or field holding the pre-signed download URL.
 pub const INPUT_URL_FIELD: &str = "input_file_url";
@@ -21,6 +22,8 @@ pub struct JobRequest {
     pub input_file_url: String,
     pub output_file_url: String,
     pub explain: bool,
+    /// Statistics for a NIfTI input, which cannot carry them; an npz input carries its own.
+    pub statistics: Option<Statistics>,
 }
 
 impl std::fmt::Debug for JobRequest {
@@ -30,6 +33,7 @@ impl std::fmt::Debug for JobRequest {
             .field("input_file_url", &crate::transfer::redact(&self.input_file_url))
             .field("output_file_url", &crate::transfer::redact(&self.output_file_url))
             .field("explain", &self.explain)
+            .field("statistics", &self.statistics)
             .finish()
     }
 }
@@ -49,6 +53,8 @@ pub enum RequestError {
     RowCount { shape: &'static str, rows: usize },
     #[error("job has no id: set `job_id` in the body, or the AMQP message_id or correlation_id")]
     MissingId,
+    #[error("job body has one statistic but not `{0}`: give both non_mdc_mean and non_mdc_var, or neither")]
+    MissingStatistic(&'static str),
 }
 
 /// Identifiers the transport carries beside the body, used when the body has no `job_id`.
@@ -75,6 +81,21 @@ impl JobRequest {
             Some(_) => return Err(RequestError::WrongType("explain", "a boolean")),
         };
 
+        let statistic = |key: &'static str| match object.get(key).or_else(|| row.get(key)) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Number(number)) => Ok(number.as_f64()),
+            Some(_) => Err(RequestError::WrongType(key, "a number")),
+        };
+        let statistics = match (statistic("non_mdc_mean")?, statistic("non_mdc_var")?) {
+            (Some(non_mdc_mean), Some(non_mdc_var)) => Some(Statistics {
+                non_mdc_mean,
+                non_mdc_var,
+            }),
+            (None, None) => None,
+            (Some(_), None) => return Err(RequestError::MissingStatistic("non_mdc_var")),
+            (None, Some(_)) => return Err(RequestError::MissingStatistic("non_mdc_mean")),
+        };
+
         let job_id = match object.get("job_id") {
             Some(Value::String(id)) if !id.is_empty() => id.clone(),
             Some(Value::Number(id)) => id.to_string(),
@@ -92,6 +113,7 @@ impl JobRequest {
             input_file_url,
             output_file_url,
             explain,
+            statistics,
         })
     }
 }
@@ -312,6 +334,28 @@ mod tests {
         assert_eq!(job.input_file_url, IN);
         assert_eq!(job.output_file_url, OUT);
         assert!(job.explain);
+        assert_eq!(job.statistics, None);
+    }
+
+    #[test]
+    fn statistics_parse_in_pairs() {
+        let both = format!(
+            r#"{{"job_id":"j1","input_file_url":"{IN}","output_file_url":"{OUT}","non_mdc_mean":-3,"non_mdc_var":90.5}}"#
+        );
+        let one = format!(r#"{{"job_id":"j1","input_file_url":"{IN}","output_file_url":"{OUT}","non_mdc_mean":40}}"#);
+        let text = format!(
+            r#"{{"job_id":"j1","input_file_url":"{IN}","output_file_url":"{OUT}","non_mdc_mean":"40","non_mdc_var":9}}"#
+        );
+
+        let statistics = parse(&both).unwrap().statistics.unwrap();
+
+        assert_eq!(statistics.non_mdc_mean, -3.0);
+        assert_eq!(statistics.non_mdc_var, 90.5);
+        assert_eq!(parse(&one).unwrap_err(), RequestError::MissingStatistic("non_mdc_var"));
+        assert_eq!(
+            parse(&text).unwrap_err(),
+            RequestError::WrongType("non_mdc_mean", "a number")
+        );
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod job;
 pub mod metrics;
 pub mod preprocess;
 pub mod queue;
+pub mod render;
 pub mod segmentation;
 pub mod settings;
 pub mod telemetry;

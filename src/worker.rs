@@ -19,7 +19,7 @@ use crate::queue::{self, Publisher, ReplyTarget};
 use crate::segmentation::providers::Provider;
 use crate::segmentation::{self, Scores, Segmenter};
 use crate::transfer::{Transfers, redact};
-use crate::volume::{ReadLimits, encode_masks, read_npz};
+use crate::volume::{ReadLimits, Statistics, encode_masks, read_input};
 
 /// Header that carries the attempt number of a job sent back through the delay queue.
 pub const ATTEMPT_HEADER: &str = "x-thrombseg-attempt";
@@ -145,10 +145,11 @@ async fn run_job(context: &JobContext, job: &JobRequest, stages: &mut Stages) ->
     let limits = context.limits;
     let explain = job.explain;
     let window_sigmas = context.window_sigmas;
+    let statistics = job.statistics;
     let compute_span = span.clone();
     let computed = tokio::task::spawn_blocking(move || {
         let _entered = compute_span.enter();
-        compute(&bytes, limits, window_sigmas, &segmenter, explain)
+        compute(&bytes, limits, statistics, window_sigmas, &segmenter, explain)
     })
     .await
     .map_err(|e| JobError::Internal(e.to_string()))??;
@@ -182,12 +183,13 @@ struct Computed {
 fn compute(
     bytes: &[u8],
     limits: ReadLimits,
+    statistics: Option<Statistics>,
     window_sigmas: f64,
     segmenter: &Mutex<Segmenter>,
     explain: bool,
 ) -> Result<Computed, JobError> {
     let started = Instant::now();
-    let volume = read_npz(bytes, limits)?;
+    let volume = read_input(bytes, limits, statistics)?.volume;
     let decode_seconds = started.elapsed().as_secs_f64();
 
     // Preprocessing needs no model, so it runs before taking the lock and overlaps another

@@ -1,6 +1,7 @@
 //! The command line: one subcommand per use, each a thin wiring of the pipeline's stages.
 
 mod bench;
+mod preview;
 mod segment;
 mod submit;
 mod worker;
@@ -37,6 +38,16 @@ pub enum Command {
     /// AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY. Exit codes: 0 for an OK envelope, 2 for
     /// bad input, 1 for anything else.
     Submit(submit::SubmitArgs),
+    /// Draw a PNG montage of axial slices with the 2-D and 3-D masks over the CT.
+    ///
+    /// Each tile is one slice along D, the volume's last axis, with its index counted from 0
+    /// in the top-left corner. Tile rows run along H and tile columns along W, so a tile shows
+    /// volume[:, :, d] as stored, enlarged by an integer factor (nearest neighbour) until its
+    /// longer side is at least 192 pixels. The CT is windowed as the pipeline does: from
+    /// non_mdc_mean - k * sqrt(non_mdc_var) to non_mdc_mean + k * sqrt(non_mdc_var), with k
+    /// set by --window-sigmas. Orange marks the 2-D mask, azure the 3-D mask and pink their
+    /// overlap, each filled at 55 % opacity inside a one-pixel outline.
+    Preview(preview::PreviewArgs),
 }
 
 /// Runs the parsed command and returns the process exit code.
@@ -47,6 +58,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Segment(args) => segment::run(args),
         Command::Worker(args) => worker::run(args),
         Command::Submit(args) => submit::run(args),
+        Command::Preview(args) => preview::run(args),
     }
 }
 
@@ -56,4 +68,34 @@ fn tokio_runtime() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .expect("the tokio runtime starts")
+}
+
+/// Writes `bytes` to a temporary file beside `path`, then renames it, so that `path` either
+/// holds the whole file or is left as it was.
+fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    let file_name = path
+        .file_name()
+        .ok_or_else(|| std::io::Error::other("output path has no file name"))?;
+    let temporary = dir.join(format!(
+        ".{}.{}.partial",
+        file_name.to_string_lossy(),
+        std::process::id()
+    ));
+
+    let result = (|| {
+        let mut file = std::fs::File::create(&temporary)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&temporary, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&temporary);
+    }
+    result
 }

@@ -1,31 +1,42 @@
 //! `thrombseg segment`: one local file in, one masks archive out.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
+use super::write_atomically;
 use crate::error::{ErrorKind, JobError};
 use crate::job::{BundleInfo, EnvelopeError, Stages, StatusEnvelope};
 use crate::segmentation::{self, Segmenter};
 use crate::settings::ModelArgs;
-use crate::volume::{encode_masks, read_npz};
+use crate::volume::{Statistics, encode_masks, read_input, write_label_map};
 
 /// Exit code for input that can never be segmented.
 const EXIT_BAD_INPUT: u8 = 2;
 
 #[derive(Debug, clap::Args)]
 pub struct SegmentArgs {
-    /// Input .npz with `volume`, `non_mdc_mean` and `non_mdc_var`.
+    /// Input: an .npz with `volume`, `non_mdc_mean` and `non_mdc_var`, or a NIfTI-1 file
+    /// (.nii or .nii.gz, found from the bytes) with --non-mdc-mean and --non-mdc-var.
     pub input: PathBuf,
 
-    /// Output .npz for `pred_2d` and `pred_3d`; written only when the job succeeds. Exit codes:
-    /// 0 on success, 2 for input that cannot be segmented, 1 for anything else.
+    /// Output .npz for `pred_2d` and `pred_3d`, or, for a name ending in .nii or .nii.gz, a
+    /// NIfTI label map (1 = 2-D mask, 2 = 3-D mask, 3 = both) with a NIfTI input's header.
+    /// Written only when the job succeeds. Exit codes: 0 on success, 2 for input that cannot
+    /// be segmented, 1 for anything else.
     pub output: PathBuf,
 
-    /// Also write both branches' logits and the 3-D scores.
+    /// Also write both branches' logits and the 3-D scores (.npz output only).
     #[arg(long)]
     pub explain: bool,
+
+    /// Mean intensity of non-contrast blood in Hounsfield units, for a NIfTI input.
+    #[arg(long, requires = "non_mdc_var", allow_negative_numbers = true)]
+    pub non_mdc_mean: Option<f64>,
+
+    /// Variance of that intensity in squared Hounsfield units, for a NIfTI input.
+    #[arg(long, requires = "non_mdc_mean")]
+    pub non_mdc_var: Option<f64>,
 
     #[command(flatten)]
     pub model: ModelArgs,
@@ -94,17 +105,34 @@ fn segment_file(
     let started = Instant::now();
     let bytes =
         std::fs::read(&args.input).map_err(|e| JobError::Internal(format!("read {}: {e}", args.input.display())))?;
-    let volume = read_npz(&bytes, args.model.read_limits())?;
+    let statistics = args
+        .non_mdc_mean
+        .zip(args.non_mdc_var)
+        .map(|(non_mdc_mean, non_mdc_var)| Statistics {
+            non_mdc_mean,
+            non_mdc_var,
+        });
+    let input = read_input(&bytes, args.model.read_limits(), statistics)?;
     drop(bytes);
     stages.decode = Some(started.elapsed().as_secs_f64());
 
-    let segmentation = segmenter.segment(&volume, args.explain)?;
+    let segmentation = segmenter.segment(&input.volume, args.explain)?;
     stages.record_compute(&segmentation.timings);
 
     let started = Instant::now();
-    let encoded = encode_masks(&segmentation.archive()).map_err(|e| JobError::Encode(e.to_string()))?;
-    write_atomically(&args.output, &encoded)
-        .map_err(|e| JobError::Internal(format!("write {}: {e}", args.output.display())))?;
+    let write_error = |e: std::io::Error| JobError::Internal(format!("write {}: {e}", args.output.display()));
+    if is_nifti_path(&args.output) {
+        write_label_map(
+            &args.output,
+            &segmentation.pred_2d,
+            &segmentation.pred_3d,
+            input.nifti_header.as_ref(),
+        )
+        .map_err(write_error)?;
+    } else {
+        let encoded = encode_masks(&segmentation.archive()).map_err(|e| JobError::Encode(e.to_string()))?;
+        write_atomically(&args.output, &encoded).map_err(write_error)?;
+    }
     stages.encode = Some(started.elapsed().as_secs_f64());
 
     Ok(segmentation.explain.map(|explain| explain.scores))
@@ -122,35 +150,22 @@ fn check_paths(args: &SegmentArgs) -> Result<(), String> {
     if !folder.is_dir() {
         return Err(format!("output folder {} does not exist", folder.display()));
     }
+    if args.explain && is_nifti_path(&args.output) {
+        return Err(format!(
+            "--explain adds logits and scores, which a NIfTI label map cannot hold; write {} as .npz",
+            args.output.display()
+        ));
+    }
     Ok(())
 }
 
-/// Writes `bytes` to a temporary file beside `path`, then renames it, so that `path` either
-/// contains the whole archive or is left as it was.
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let file_name = path
+/// Returns true for output names ending in .nii or .nii.gz.
+fn is_nifti_path(path: &Path) -> bool {
+    let name = path
         .file_name()
-        .ok_or_else(|| std::io::Error::other("output path has no file name"))?;
-    let temporary = dir.join(format!(
-        ".{}.{}.partial",
-        file_name.to_string_lossy(),
-        std::process::id()
-    ));
-
-    let result = (|| {
-        let mut file = std::fs::File::create(&temporary)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&temporary, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&temporary);
-    }
-    result
+        .map(|n| n.to_string_lossy().to_lowercase())
+        .unwrap_or_default();
+    name.ends_with(".nii") || name.ends_with(".nii.gz")
 }
 
 fn startup_failure(error: &dyn std::error::Error) -> ExitCode {

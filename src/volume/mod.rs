@@ -4,9 +4,11 @@
 //! segmentation into the output archive. Neither depends on where the bytes come from or go.
 
 mod masks;
+mod nifti;
 mod npz;
 
 pub use masks::{ExplainArrays, MaskArchive, encode_masks};
+pub use nifti::{LABEL_DESCRIPTION, Statistics, label_map, looks_like_nifti, read_nifti, write_label_map};
 pub use npz::{MEAN_KEY, ReadLimits, VARIANCE_KEY, VOLUME_KEY, read_npz};
 
 use ndarray::Array3;
@@ -20,6 +22,49 @@ pub struct CtVolume {
     pub non_mdc_mean: f64,
     /// Variance of that intensity, in squared Hounsfield units.
     pub non_mdc_var: f64,
+}
+
+/// A volume read from either input format, with the NIfTI header when there was one.
+pub struct InputVolume {
+    pub volume: CtVolume,
+    pub nifti_header: Option<::nifti::NiftiHeader>,
+}
+
+/// Reads an input whose format is found from its bytes: an npz archive (which carries its own
+/// statistics) or a NIfTI-1 file, gzip-compressed or not (which takes `statistics`).
+pub fn read_input(
+    bytes: &[u8],
+    limits: ReadLimits,
+    statistics: Option<Statistics>,
+) -> Result<InputVolume, VolumeError> {
+    if looks_like_nifti(bytes) {
+        let (volume, header) = read_nifti(bytes, limits, statistics)?;
+        return Ok(InputVolume {
+            volume,
+            nifti_header: Some(header),
+        });
+    }
+    Ok(InputVolume {
+        volume: read_npz(bytes, limits)?,
+        nifti_header: None,
+    })
+}
+
+/// Checks the two statistics: a finite mean and a finite, positive variance.
+fn check_statistics(non_mdc_mean: f64, non_mdc_var: f64) -> Result<(), VolumeError> {
+    if !non_mdc_mean.is_finite() {
+        return Err(VolumeError::InvalidStatistic {
+            key: MEAN_KEY,
+            reason: format!("must be finite, got {non_mdc_mean}"),
+        });
+    }
+    if !(non_mdc_var.is_finite() && non_mdc_var > 0.0) {
+        return Err(VolumeError::InvalidStatistic {
+            key: VARIANCE_KEY,
+            reason: format!("must be finite and positive, got {non_mdc_var}"),
+        });
+    }
+    Ok(())
 }
 
 /// Reasons an input archive cannot be segmented. Every variant names the archive key at fault.
@@ -70,4 +115,10 @@ pub enum VolumeError {
     NotScalar { key: &'static str, shape: String },
     #[error("`{key}`: {reason}")]
     InvalidStatistic { key: &'static str, reason: String },
+    #[error("input is not a valid NIfTI-1 file: {0}")]
+    NotNifti(String),
+    #[error(
+        "a NIfTI input carries no non_mdc_mean and non_mdc_var: give them with --non-mdc-mean and --non-mdc-var, or as non_mdc_mean and non_mdc_var in the job"
+    )]
+    MissingStatistics,
 }

@@ -14,7 +14,7 @@ use py_literal::Value as PyValue;
 use zip::ZipArchive;
 use zip::result::ZipError;
 
-use super::{CtVolume, VolumeError};
+use super::{CtVolume, VolumeError, check_statistics};
 
 /// Key of the CT volume inside the archive.
 pub const VOLUME_KEY: &str = "volume";
@@ -53,18 +53,7 @@ pub fn read_npz(bytes: &[u8], limits: ReadLimits) -> Result<CtVolume, VolumeErro
     let non_mdc_mean = read_scalar(&mut archive, MEAN_KEY)?;
     let non_mdc_var = read_scalar(&mut archive, VARIANCE_KEY)?;
 
-    if !non_mdc_mean.is_finite() {
-        return Err(VolumeError::InvalidStatistic {
-            key: MEAN_KEY,
-            reason: format!("must be finite, got {non_mdc_mean}"),
-        });
-    }
-    if !(non_mdc_var.is_finite() && non_mdc_var > 0.0) {
-        return Err(VolumeError::InvalidStatistic {
-            key: VARIANCE_KEY,
-            reason: format!("must be finite and positive, got {non_mdc_var}"),
-        });
-    }
+    check_statistics(non_mdc_mean, non_mdc_var)?;
 
     Ok(CtVolume {
         voxels: volume,

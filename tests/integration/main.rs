@@ -5,6 +5,8 @@ mod bad_input;
 mod cli;
 mod delivery;
 mod golden;
+mod nifti;
+mod preview;
 mod prometheus;
 mod support;
 mod transfer;
