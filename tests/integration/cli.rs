@@ -278,3 +278,49 @@ fn bench_profile_lists_operators() {
         assert!((shares - 1.0).abs() < 1e-6, "{network}: shares sum to {shares}");
     }
 }
+
+#[test]
+fn several_inputs_go_to_output_dir() {
+    let dir = temp_dir();
+    let bad = dir.path().join("nan.npz");
+    std::fs::write(&bad, valid_npz(&Array3::from_elem((4, 4, 4), f32::NAN), 40.0, 400.0)).unwrap();
+    let good = fixture("golden/small.input.npz");
+
+    let output = Command::new(binary())
+        .arg("segment")
+        .arg(&good)
+        .arg(&bad)
+        .arg("--output-dir")
+        .arg(dir.path())
+        .env("ORT_DYLIB_PATH", onnxruntime_library())
+        .output()
+        .unwrap();
+
+    assert_eq!(output.status.code(), Some(2), "one input cannot be segmented");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("[1/2] segmenting"), "{stderr}");
+    assert!(stderr.contains("[2/2] segmenting"), "{stderr}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let statuses: Vec<String> = stdout
+        .lines()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap()["status"].to_string())
+        .collect();
+    assert_eq!(statuses, vec![r#""OK""#, r#""ERROR""#]);
+    assert!(dir.path().join("small.input_masks.npz").is_file());
+    assert!(
+        !dir.path().join("nan_masks.npz").exists(),
+        "no output for the bad input"
+    );
+}
+
+#[test]
+fn three_paths_without_output_dir_are_rejected() {
+    let output = Command::new(binary())
+        .args(["segment", "a.npz", "b.npz", "c.npz"])
+        .output()
+        .unwrap();
+
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--output-dir"), "{stderr}");
+}
