@@ -56,8 +56,10 @@ pub struct ModelArgs {
 impl ModelArgs {
     /// Resolves the ONNX Runtime library and returns the session options.
     pub fn session_options(&self) -> anyhow::Result<SessionOptions> {
-        let providers = ProviderChoice::new(self.execution_providers.clone(), self.allow_provider_fallback)
-            .map_err(|message| anyhow::anyhow!("invalid THROMBSEG_EXECUTION_PROVIDERS: {message}"))?;
+        let providers =
+            ProviderChoice::new(self.execution_providers.clone(), self.allow_provider_fallback).map_err(|message| {
+                anyhow::anyhow!("invalid --execution-providers (THROMBSEG_EXECUTION_PROVIDERS): {message}")
+            })?;
         Ok(SessionOptions {
             library: runtime::locate_library(self.onnxruntime.as_deref())?,
             intra_threads: self.intra_threads,

@@ -315,14 +315,16 @@ fn print_memory_trend(rss_after_jobs: &[u64]) {
     let (Some(&first), Some(&last)) = (rss_after_jobs.first(), rss_after_jobs.last()) else {
         return;
     };
-    let fifth = rss_after_jobs.get(4).copied().unwrap_or(last);
     let largest = rss_after_jobs.iter().copied().max().unwrap_or(last);
+    let fifth = match rss_after_jobs.get(4) {
+        Some(&bytes) if rss_after_jobs.len() > 5 => format!(", fifth {:.0} MB", megabytes(bytes)),
+        _ => String::new(),
+    };
     println!();
     println!(
-        "resident memory after {} jobs: first {:.0} MB, fifth {:.0} MB, last {:.0} MB, largest {:.0} MB",
+        "resident memory after each of {} job(s): first {:.0} MB{fifth}, last {:.0} MB, largest {:.0} MB",
         rss_after_jobs.len(),
         megabytes(first),
-        megabytes(fifth),
         megabytes(last),
         megabytes(largest)
     );

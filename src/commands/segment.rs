@@ -62,6 +62,7 @@ pub fn run(args: SegmentArgs) -> ExitCode {
         for job in &jobs {
             check_paths(job, args.explain)?;
         }
+        check_distinct_outputs(&jobs)?;
         Ok(jobs)
     }) {
         Ok(jobs) => jobs,
@@ -282,11 +283,46 @@ fn check_paths(job: &FileJob, explain: bool) -> Result<(), String> {
     if !folder.is_dir() {
         return Err(format!("output folder {} does not exist", folder.display()));
     }
+    if job.output.is_dir() {
+        return Err(format!(
+            "output {} is a folder; give a file name, or use --output-dir for several inputs",
+            job.output.display()
+        ));
+    }
+    if same_file(&job.input, &job.output) {
+        return Err(format!(
+            "output {} is the input file; writing it would destroy the input",
+            job.output.display()
+        ));
+    }
     if explain && is_nifti_path(&job.output) {
         return Err(format!(
             "--explain adds logits and scores, which a NIfTI label map cannot hold; write {} as .npz",
             job.output.display()
         ));
+    }
+    Ok(())
+}
+
+/// Returns true when both paths name the same existing file.
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
+}
+
+/// Rejects two inputs whose outputs would land on the same file, such as equal names from two
+/// folders, before any work.
+fn check_distinct_outputs(jobs: &[FileJob]) -> Result<(), String> {
+    let mut seen = std::collections::HashSet::new();
+    for job in jobs {
+        if !seen.insert(&job.output) {
+            return Err(format!(
+                "two inputs would both write {}; give inputs with distinct file names",
+                job.output.display()
+            ));
+        }
     }
     Ok(())
 }

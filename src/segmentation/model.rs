@@ -347,7 +347,12 @@ fn register_providers(
         })
     };
     let skipped = |error: &ProviderError| {
-        tracing::warn!(network, provider = %error.provider, error = %error.message, "execution provider left out");
+        tracing::warn!(
+            network,
+            provider = %error.provider,
+            error = %error.message,
+            "execution provider left out; its operators run on the next listed provider or the CPU"
+        );
     };
     choice.register_all(register, skipped)
 }

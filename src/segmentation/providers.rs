@@ -69,8 +69,8 @@ impl Default for ProviderChoice {
 #[derive(Debug, thiserror::Error)]
 #[error(
     "execution provider {provider} failed to register: {message}; {provider} needs an ONNX Runtime library \
-     built with it (the onnxruntime-gpu wheel for cuda and tensorrt) and its driver libraries, or set \
-     THROMBSEG_ALLOW_PROVIDER_FALLBACK=true to continue without it"
+     built with it (the onnxruntime-gpu wheel for cuda and tensorrt) and its driver libraries, or pass \
+     --allow-provider-fallback (THROMBSEG_ALLOW_PROVIDER_FALLBACK=true) to continue without it"
 )]
 pub struct ProviderError {
     pub provider: Provider,

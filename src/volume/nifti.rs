@@ -150,12 +150,10 @@ fn read_header(raw: &[u8], limits: ReadLimits) -> Result<NiftiHeader, VolumeErro
     }
     let needed = header.vox_offset as u64 + voxels * u64::from(datatype.size_of() as u32);
     if (raw.len() as u64) < needed {
-        return Err(VolumeError::SizeMismatch {
-            key: "volume",
-            shape: format!("{shape:?}"),
-            expected: needed,
-            actual: raw.len() as u64,
-        });
+        return Err(invalid(format!(
+            "the header's shape {shape:?} and data offset need {needed} bytes, but the file holds {}; it may be truncated",
+            raw.len()
+        )));
     }
     Ok(header)
 }

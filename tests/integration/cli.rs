@@ -324,3 +324,45 @@ fn three_paths_without_output_dir_are_rejected() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("--output-dir"), "{stderr}");
 }
+
+#[test]
+fn output_over_input_is_rejected() {
+    let dir = temp_dir();
+    let input = dir.path().join("case.npz");
+    std::fs::copy(fixture("golden/small.input.npz"), &input).unwrap();
+    let before = std::fs::read(&input).unwrap();
+
+    let output = segment(&input, &input, &[]);
+
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("is the input file"), "{stderr}");
+    assert_eq!(std::fs::read(&input).unwrap(), before, "the input is untouched");
+}
+
+#[test]
+fn equal_names_in_output_dir_are_rejected() {
+    let dir = temp_dir();
+    for folder in ["a", "b"] {
+        std::fs::create_dir(dir.path().join(folder)).unwrap();
+        std::fs::copy(
+            fixture("golden/small.input.npz"),
+            dir.path().join(folder).join("case.npz"),
+        )
+        .unwrap();
+    }
+
+    let output = Command::new(binary())
+        .arg("segment")
+        .arg(dir.path().join("a/case.npz"))
+        .arg(dir.path().join("b/case.npz"))
+        .arg("--output-dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("would both write"), "{stderr}");
+    assert!(!dir.path().join("case_masks.npz").exists());
+}
