@@ -212,7 +212,7 @@ fn run_job(
     seconds.read = started.elapsed().as_secs_f64();
 
     let started = Instant::now();
-    let volume = read_npz(&bytes, limits)?;
+    let volume = read_npz(&bytes, limits).map_err(|e| anyhow::anyhow!("{}: {e}", input.display()))?;
     drop(bytes);
     seconds.decode = started.elapsed().as_secs_f64();
     let (h, w, d) = volume.voxels.dim();
