@@ -61,8 +61,9 @@ fn setting(name: &str, default: usize) -> usize {
 }
 
 /// Starts a worker with `in_flight` jobs at once, enqueues `jobs` jobs whose URLs name
-/// `endpoint` and waits for all their envelopes; returns the seconds from the first publish
-/// to the last envelope and the envelopes' statuses.
+/// `endpoint` and waits for all their envelopes.
+///
+/// Returns the seconds from the first publish to the last envelope, and the statuses.
 async fn run_setting(endpoint: &str, in_flight: u16, jobs: usize) -> (f64, Vec<String>) {
     let s3 = seaweedfs::shared().client_via(endpoint);
     let topology = TestTopology::unique();

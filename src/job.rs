@@ -342,7 +342,8 @@ mod tests {
         let both = format!(
             r#"{{"job_id":"j1","input_file_url":"{IN}","output_file_url":"{OUT}","non_mdc_mean":-3,"non_mdc_var":90.5}}"#
         );
-        let one = format!(r#"{{"job_id":"j1","input_file_url":"{IN}","output_file_url":"{OUT}","non_mdc_mean":40}}"#);
+        let mean_only =
+            format!(r#"{{"job_id":"j1","input_file_url":"{IN}","output_file_url":"{OUT}","non_mdc_mean":40}}"#);
         let text = format!(
             r#"{{"job_id":"j1","input_file_url":"{IN}","output_file_url":"{OUT}","non_mdc_mean":"40","non_mdc_var":9}}"#
         );
@@ -351,7 +352,10 @@ mod tests {
 
         assert_eq!(statistics.non_mdc_mean, -3.0);
         assert_eq!(statistics.non_mdc_var, 90.5);
-        assert_eq!(parse(&one).unwrap_err(), RequestError::MissingStatistic("non_mdc_var"));
+        assert_eq!(
+            parse(&mean_only).unwrap_err(),
+            RequestError::MissingStatistic("non_mdc_var")
+        );
         assert_eq!(
             parse(&text).unwrap_err(),
             RequestError::WrongType("non_mdc_mean", "a number")

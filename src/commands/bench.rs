@@ -333,13 +333,7 @@ fn print_memory_trend(rss_after_jobs: &[u64]) {
 /// Ends profiling and prints the kernel time per operator type of each network.
 fn print_profiles(segmenter: &mut Segmenter, json: bool) -> anyhow::Result<()> {
     let mut profiles = serde_json::Map::new();
-    for file in segmenter.end_profiling()? {
-        let name = file.file_name().map(|name| name.to_string_lossy().into_owned());
-        let network = if name.is_some_and(|name| name.contains("-3d")) {
-            "3d"
-        } else {
-            "2d"
-        };
+    for (network, file) in segmenter.end_profiling()? {
         let times = profile::summarize_file(&file)?;
 
         if json {

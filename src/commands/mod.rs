@@ -71,7 +71,7 @@ fn tokio_runtime() -> tokio::runtime::Runtime {
 }
 
 /// Writes `bytes` to a temporary file beside `path`, then renames it, so that `path` either
-/// holds the whole file or is left as it was.
+/// contains the whole file or is left as it was.
 fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
 

@@ -94,16 +94,17 @@ impl Segmenter {
         &self.manifest
     }
 
-    /// The execution provider that runs the networks first.
+    /// Returns the execution provider that runs the networks first.
     pub fn provider(&self) -> Provider {
         self.provider
     }
 
-    /// Ends profiling of both networks and returns the profile files written.
-    pub fn end_profiling(&mut self) -> Result<Vec<PathBuf>, InferenceError> {
-        [self.net_3d.as_mut(), self.net_2d.as_mut()]
+    /// Ends profiling of both networks and returns each profiled network's label ("3d" or
+    /// "2d") with the profile file it wrote.
+    pub fn end_profiling(&mut self) -> Result<Vec<(&'static str, PathBuf)>, InferenceError> {
+        [("3d", self.net_3d.as_mut()), ("2d", self.net_2d.as_mut())]
             .into_iter()
-            .filter_map(|network| network.end_profiling())
+            .filter_map(|(label, network)| Some(network.end_profiling()?.map(|path| (label, path))))
             .collect()
     }
 
@@ -179,7 +180,7 @@ impl Segmenter {
 
 /// Windows, median-filters and rescales `volume` for the networks, with the window width in
 /// standard deviations from the bundle. It needs no model, so it can run while another job
-/// holds the networks.
+/// uses the networks.
 pub fn prepare(volume: &CtVolume, window_sigmas: f64) -> Array3<f32> {
     let window = IntensityWindow::from_statistics(volume.non_mdc_mean, volume.non_mdc_var, window_sigmas);
     preprocess(&volume.voxels, window)
@@ -201,11 +202,11 @@ impl Segmentation {
     }
 }
 
-/// Runs the 2-D network over every axial slice; returns the blended output as a
+/// Runs the 2-D network over every axial slice and returns the blended output as a
 /// (channels, H, W, D) view of a (channels, D, H, W) array.
 ///
 /// The volume is turned to (D, H, W) first, so that each slice window and its logits are
-/// contiguous: accumulating slices of an (H, W, D) array touches one cache line per voxel.
+/// contiguous. Accumulating slices of an (H, W, D) array would touch one cache line per voxel.
 pub fn run_slices(
     input: ArrayView3<f32>,
     spec: &NetworkSpec,

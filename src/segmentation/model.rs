@@ -236,7 +236,7 @@ impl SessionOptions {
 }
 
 impl SessionOptions {
-    /// The intra-operator thread count: the setting, or else the CPUs this process may use,
+    /// Returns the intra-operator thread count: the setting, or else the CPUs this process may use,
     /// which respects a container's CPU quota.
     ///
     /// ONNX Runtime's own default was 15-40% slower on a 2-core virtual machine than 2 threads
@@ -324,7 +324,7 @@ impl OrtNetwork {
 }
 
 impl OrtNetwork {
-    /// The primary execution provider of this session.
+    /// Returns the primary execution provider of this session.
     pub fn provider(&self) -> Provider {
         self.provider
     }

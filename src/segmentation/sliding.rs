@@ -67,7 +67,7 @@ pub fn window_count(size: [usize; 3], roi: [usize; 3], overlap: f32) -> usize {
         .product()
 }
 
-/// What [`sliding_window_inference`] accumulates over the windows.
+/// The quantity [`sliding_window_inference`] accumulates over the windows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Blend {
     /// Every channel, averaged over the windows that cover a voxel, as MONAI returns it.

@@ -1,23 +1,12 @@
 //! `thrombseg segment` as a user runs it: exit codes, the envelope line and the output file.
 
-use std::path::Path;
+use std::ffi::OsStr;
 use std::process::{Command, Output};
 
 use ndarray::Array3;
 
 use crate::support::archives::{member_names, read_member, valid_npz};
-use crate::support::{binary, fixture, onnxruntime_library, temp_dir};
-
-fn segment(input: &Path, output: &Path, extra: &[&str]) -> Output {
-    Command::new(binary())
-        .arg("segment")
-        .arg(input)
-        .arg(output)
-        .args(extra)
-        .env("ORT_DYLIB_PATH", onnxruntime_library())
-        .output()
-        .expect("thrombseg runs")
-}
+use crate::support::{binary, fixture, run_segment as segment, run_thrombseg, temp_dir};
 
 fn envelope(output: &Output) -> serde_json::Value {
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -166,12 +155,14 @@ fn segment_with_tampered_bundle_fails_hash_check() {
 
 #[test]
 fn bench_reports_stages_work_and_memory() {
-    let output = Command::new(binary())
-        .args(["bench", "--repeat", "2", "--json"])
-        .arg(fixture("golden/small.input.npz"))
-        .env("ORT_DYLIB_PATH", onnxruntime_library())
-        .output()
-        .unwrap();
+    let input = fixture("golden/small.input.npz");
+    let output = run_thrombseg([
+        OsStr::new("bench"),
+        "--repeat".as_ref(),
+        "2".as_ref(),
+        "--json".as_ref(),
+        input.as_ref(),
+    ]);
 
     assert!(
         output.status.success(),
@@ -251,12 +242,15 @@ fn provider_list_with_cpu_first_is_rejected() {
 
 #[test]
 fn bench_profile_lists_operators() {
-    let output = Command::new(binary())
-        .args(["bench", "--repeat", "1", "--json", "--profile"])
-        .arg(fixture("golden/small.input.npz"))
-        .env("ORT_DYLIB_PATH", onnxruntime_library())
-        .output()
-        .unwrap();
+    let input = fixture("golden/small.input.npz");
+    let output = run_thrombseg([
+        OsStr::new("bench"),
+        "--repeat".as_ref(),
+        "1".as_ref(),
+        "--json".as_ref(),
+        "--profile".as_ref(),
+        input.as_ref(),
+    ]);
 
     assert!(
         output.status.success(),
@@ -286,15 +280,13 @@ fn several_inputs_go_to_output_dir() {
     std::fs::write(&bad, valid_npz(&Array3::from_elem((4, 4, 4), f32::NAN), 40.0, 400.0)).unwrap();
     let good = fixture("golden/small.input.npz");
 
-    let output = Command::new(binary())
-        .arg("segment")
-        .arg(&good)
-        .arg(&bad)
-        .arg("--output-dir")
-        .arg(dir.path())
-        .env("ORT_DYLIB_PATH", onnxruntime_library())
-        .output()
-        .unwrap();
+    let output = run_thrombseg([
+        OsStr::new("segment"),
+        good.as_ref(),
+        bad.as_ref(),
+        "--output-dir".as_ref(),
+        dir.path().as_ref(),
+    ]);
 
     assert_eq!(output.status.code(), Some(2), "one input cannot be segmented");
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -352,14 +344,15 @@ fn equal_names_in_output_dir_are_rejected() {
         .unwrap();
     }
 
-    let output = Command::new(binary())
-        .arg("segment")
-        .arg(dir.path().join("a/case.npz"))
-        .arg(dir.path().join("b/case.npz"))
-        .arg("--output-dir")
-        .arg(dir.path())
-        .output()
-        .unwrap();
+    let first = dir.path().join("a/case.npz");
+    let second = dir.path().join("b/case.npz");
+    let output = run_thrombseg([
+        OsStr::new("segment"),
+        first.as_ref(),
+        second.as_ref(),
+        "--output-dir".as_ref(),
+        dir.path().as_ref(),
+    ]);
 
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);

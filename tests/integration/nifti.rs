@@ -2,22 +2,20 @@
 //! label map that comes back has the input's voxels grid, affine and the same masks as the npz
 //! path. nibabel and numpy live in `.tools-venv/`, which `scripts/test` fills.
 
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde_json::Value;
 
-use crate::support::{binary, fixture, onnxruntime_library, repo, temp_dir};
+use crate::support::{fixture, installed_tool, run_segment, run_thrombseg, temp_dir};
 
 /// Python of `.tools-venv/`, with nibabel and numpy.
 fn python() -> PathBuf {
-    let python = repo().join(".tools-venv/bin/python");
-    assert!(
-        python.is_file(),
-        "{} not found: run scripts/test, which installs nibabel and numpy there",
-        python.display()
-    );
-    python
+    installed_tool(
+        ".tools-venv/bin/python",
+        "run scripts/test, which installs nibabel and numpy there",
+    )
 }
 
 /// Runs a Python script with `args` and returns the JSON object it prints last.
@@ -64,14 +62,7 @@ print(json.dumps({"shape": list(data.shape), "dtype": str(data.dtype), "affine":
 "#;
 
 fn segment(input: &Path, output: &Path, extra: &[&str]) {
-    let result = Command::new(binary())
-        .arg("segment")
-        .arg(input)
-        .arg(output)
-        .args(extra)
-        .env("ORT_DYLIB_PATH", onnxruntime_library())
-        .output()
-        .unwrap();
+    let result = run_segment(input, output, extra);
     assert!(
         result.status.success(),
         "segment {} failed: {}",
@@ -113,13 +104,7 @@ fn nifti_input_without_statistics_exits_2() {
     run_python(WRITE_INPUT, &[&fixture("input_file_example.npz"), &input]);
     let output = dir.path().join("labels.nii.gz");
 
-    let result = Command::new(binary())
-        .arg("segment")
-        .arg(&input)
-        .arg(&output)
-        .env("ORT_DYLIB_PATH", onnxruntime_library())
-        .output()
-        .unwrap();
+    let result = run_thrombseg([OsStr::new("segment"), input.as_ref(), output.as_ref()]);
 
     assert_eq!(result.status.code(), Some(2));
     let stdout = String::from_utf8_lossy(&result.stdout);

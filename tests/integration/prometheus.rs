@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::support::broker::{TestTopology, WorkerProcess};
-use crate::support::{repo, temp_dir, tiny_bundle};
+use crate::support::{installed_tool, temp_dir, tiny_bundle};
 
 /// A Prometheus server on 127.0.0.1; killed when dropped.
 struct PrometheusServer {
@@ -26,13 +26,10 @@ impl Drop for PrometheusServer {
 }
 
 fn prometheus_binary() -> PathBuf {
-    let binary = repo().join(".tools-deb/root/usr/bin/prometheus");
-    assert!(
-        binary.is_file(),
-        "{} not found: run scripts/check-deploy, which unpacks Debian's prometheus package there",
-        binary.display()
-    );
-    binary
+    installed_tool(
+        ".tools-deb/root/usr/bin/prometheus",
+        "run scripts/check-deploy, which unpacks Debian's prometheus package there",
+    )
 }
 
 /// Starts Prometheus scraping `target` every second under the job name `thrombseg`.

@@ -33,6 +33,34 @@ pub fn binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_thrombseg"))
 }
 
+/// Runs the `thrombseg` binary with `args`, with ONNX Runtime from [`onnxruntime_library`].
+pub fn run_thrombseg<I, S>(args: I) -> std::process::Output
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    std::process::Command::new(binary())
+        .args(args)
+        .env("ORT_DYLIB_PATH", onnxruntime_library())
+        .output()
+        .expect("thrombseg runs")
+}
+
+/// Runs `thrombseg segment INPUT OUTPUT EXTRA...`.
+pub fn run_segment(input: &Path, output: &Path, extra: &[&str]) -> std::process::Output {
+    let mut args = vec![std::ffi::OsStr::new("segment"), input.as_os_str(), output.as_os_str()];
+    args.extend(extra.iter().map(std::ffi::OsStr::new));
+    run_thrombseg(args)
+}
+
+/// Returns a tool that the test scripts install under the repository root, such as
+/// `.tools-venv/bin/python`; panics with `how_to_install` when it is missing.
+pub fn installed_tool(relative: &str, how_to_install: &str) -> PathBuf {
+    let tool = repo().join(relative);
+    assert!(tool.is_file(), "{} not found: {how_to_install}", tool.display());
+    tool
+}
+
 /// Returns the ONNX Runtime library that `scripts/fetch-onnxruntime` installed.
 pub fn onnxruntime_library() -> PathBuf {
     static LIBRARY: OnceLock<PathBuf> = OnceLock::new();

@@ -27,7 +27,7 @@ struct ProxyState {
     /// Chance in [0, 1) that any other GET fails, for load runs.
     random_get_failure: f64,
     injected: usize,
-    /// Wait before each request is answered or forwarded.
+    /// Delay before each request is forwarded or failed.
     latency: Duration,
 }
 
